@@ -1,0 +1,89 @@
+"""The only place optjax touches jaxopt.
+
+jaxopt is no longer maintained, so everything optjax uses from it goes through the two
+functions below; replacing jaxopt means rewriting this file only. Its import-time
+DeprecationWarning is filtered by its exact message, nothing else is silenced.
+
+Both functions solve one sample (the caller vmaps them); they return the last point ``x`` whose
+residual ``||x - S(x)||`` jaxopt measured, that residual, jaxopt's returned iterate, the number
+of steps and the number of evaluations of S.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+with warnings.catch_warnings():
+    warnings.filterwarnings(
+        "ignore", message=r"JAXopt is no longer maintained", category=DeprecationWarning
+    )
+    import jaxopt
+
+
+class JaxoptRun(NamedTuple):
+    point: jax.Array  # last point whose residual jaxopt measured
+    image: jax.Array | None  # S(point) when jaxopt kept it, else None
+    residual: jax.Array  # ||point - S(point)|| (Anderson) or jaxopt's error (fixed point)
+    iterate: jax.Array  # what jaxopt returned
+    steps: jax.Array
+    evaluations: jax.Array
+
+
+def fixed_point_iteration(
+    fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, tol, max_steps: int
+) -> JaxoptRun:
+    """Plain iteration z <- fn(z) until ||fn(z) - z|| <= tol (jaxopt.FixedPointIteration)."""
+    solver = jaxopt.FixedPointIteration(
+        fixed_point_fun=lambda z: fn(z), maxiter=max_steps, tol=tol, implicit_diff=False
+    )
+    out = solver.run(z0)
+    # jaxopt returns fn(previous point) and the residual of the previous point, which it
+    # does not keep: the caller evaluates S once more at `iterate`.
+    return JaxoptRun(
+        point=out.params,
+        image=None,
+        residual=out.state.error,
+        iterate=out.params,
+        steps=out.state.iter_num,
+        evaluations=out.state.num_fun_eval,
+    )
+
+
+def anderson(
+    fn: Callable[[jax.Array], jax.Array],
+    z0: jax.Array,
+    *,
+    tol,
+    max_steps: int,
+    history: int,
+    ridge: float,
+    mixing: float,
+) -> JaxoptRun:
+    """Anderson acceleration of z <- fn(z) (jaxopt.AndersonAcceleration)."""
+    solver = jaxopt.AndersonAcceleration(
+        fixed_point_fun=lambda z: fn(z),
+        history_size=history,
+        beta=mixing,
+        ridge=ridge,
+        maxiter=max_steps,
+        tol=tol,
+        implicit_diff=False,
+    )
+    out = solver.run(z0)
+    state = out.state
+    # The last extrapolated point and its residual sit at slot (iter_num - 1) mod history.
+    pos = jnp.mod(state.iter_num - 1, history)
+    point = state.params_history[pos]
+    image = point + state.residuals_history[pos]
+    return JaxoptRun(
+        point=point,
+        image=image,
+        residual=state.error,
+        iterate=out.params,
+        steps=state.iter_num,
+        evaluations=state.num_fun_eval,
+    )

@@ -1,0 +1,458 @@
+r"""Activations as proximal operators.
+
+A scalar map :math:`\sigma` is :math:`\operatorname{prox}_f` of a proper, lower semicontinuous,
+convex :math:`f` iff :math:`\sigma` is nondecreasing and 1-Lipschitz. Then, on the range of
+:math:`\sigma`,
+
+.. math::
+
+    f'(y) = \sigma^{-1}(y) - y, \qquad f = +\infty \text{ outside the closure of the range},
+
+and the potential :math:`\Phi = (f + |\cdot|^2/2)^*` is convex and 1-smooth with
+:math:`\Phi' = \sigma`. The pair is fixed up to one constant by the Fenchel--Young equality
+:math:`\Phi(t) + f(\sigma(t)) + \sigma(t)^2/2 = t\,\sigma(t)`.
+
+=============  =============================================  ======================================
+sigma          penalty f(y)                                   potential Phi(t)
+=============  =============================================  ======================================
+relu           0 on y >= 0                                    max(t, 0)^2 / 2
+leaky_relu a   0 (y >= 0), (1/a - 1) y^2/2 (y < 0)            t^2/2 (t >= 0), a t^2/2 (t < 0)
+hardtanh       0 on |y| <= 1                                  Huber: t^2/2 (|t| <= 1), |t| - 1/2
+tanh           ((1+y)log(1+y) + (1-y)log(1-y))/2 - y^2/2      log cosh t
+sigmoid        y log y + (1-y) log(1-y) - y^2/2, y in [0, 1]  softplus(t)
+softplus       Li2(e^{-y}) - pi^2/6, y >= 0                   -Li2(-e^t)
+softsign       -|y| - log(1 - |y|) - y^2/2, |y| < 1           |t| - log(1 + |t|)
+arctan         -log cos y - y^2/2, |y| < pi/2                 t arctan t - log(1 + t^2)/2
+=============  =============================================  ======================================
+
+(``Li2`` is the dilogarithm; the ``-pi^2/6`` makes the softplus pair satisfy Fenchel--Young.)
+GELU, SiLU/swish and Mish are not proximal operators: they decrease on a half-line and have slope
+above 1 somewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import spence
+
+__all__ = ["Activation", "NotAProxError", "available", "from_function", "get"]
+
+
+class NotAProxError(ValueError):
+    """The map is not a proximal operator (not nondecreasing, or not 1-Lipschitz)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Activation:
+    """sigma = prox_f, with penalty f and potential Phi (Phi' = sigma).
+
+    Attributes:
+      name: registry name, or the user's name for a :func:`from_function` activation.
+      prox: sigma, elementwise, on arrays of any shape and float dtype (the dtype is kept).
+      potential: Phi, elementwise, convex and 1-smooth with Phi' = sigma.
+      penalty: f, elementwise, ``+inf`` outside its domain; ``None`` if unknown.
+      slope_bound: an upper bound on sup sigma' (1/4 for the sigmoid), used for strong
+        convexity moduli.
+      params: hashable parameters, e.g. ``(("slope", 0.1),)``.
+
+    Equality and hashing use ``(name, params)`` only, so an activation can be a static jit
+    argument and ``get("leaky_relu", slope=0.1)`` twice gives equal activations.
+    """
+
+    name: str
+    prox: Callable
+    potential: Callable
+    penalty: Callable | None
+    slope_bound: float = 1.0
+    params: tuple = ()
+
+    def __call__(self, t):
+        return self.prox(t)
+
+    def __eq__(self, other):
+        if not isinstance(other, Activation):
+            return NotImplemented
+        return (self.name, self.params) == (other.name, other.params)
+
+    def __hash__(self):
+        return hash((self.name, self.params))
+
+    def __repr__(self):
+        args = "".join(f", {k}={v!r}" for k, v in self.params)
+        return f"Activation({self.name!r}{args})"
+
+
+def _with_derivative(value: Callable, derivative: Callable) -> Callable:
+    """``value`` with its derivative replaced by ``derivative`` (a custom JVP).
+
+    Used for potentials with derivative sigma: jax then differentiates Phi exactly as sigma
+    (Phi'' = sigma' in Hessians), whatever kinks (|t|) or NaN-gradient special functions
+    (spence) the closed form goes through.
+    """
+    fn = jax.custom_jvp(value)
+
+    @fn.defjvp
+    def _jvp(primals, tangents):
+        (t,), (dt,) = primals, tangents
+        return fn(t), derivative(t) * dt
+
+    return fn
+
+
+def _xlogx(x):
+    """x log x with 0 log 0 = 0 (and no NaN gradient at 0)."""
+    pos = x > 0
+    return jnp.where(pos, x * jnp.log(jnp.where(pos, x, 1)), 0)
+
+
+def _log_cosh(t):
+    a = jnp.abs(t)
+    return a + jnp.log1p(jnp.exp(-2 * a)) - math.log(2)
+
+
+def _softplus_potential(t):
+    # -Li2(-x) = -spence(1 + x) for x = e^t <= 1; for x > 1 the reflection
+    # Li2(-x) + Li2(-1/x) = -pi^2/6 - log(x)^2/2 keeps spence's argument in [1, 2].
+    neg = t <= 0
+    tn = jnp.where(neg, t, 0)
+    tp = jnp.where(neg, 0, t)
+    return jnp.where(
+        neg,
+        -spence(1 + jnp.exp(tn)),
+        math.pi**2 / 6 + tp * tp / 2 + spence(1 + jnp.exp(-tp)),
+    )
+
+
+def _half_log1p_square(t):
+    """log(1 + t^2)/2 without overflowing t^2."""
+    a = jnp.abs(t)
+    big = a > 1
+    ab = jnp.where(big, a, 1)
+    return jnp.where(big, jnp.log(ab) + 0.5 * jnp.log1p(1 / (ab * ab)), 0.5 * jnp.log1p(t * t))
+
+
+def _arctan_potential(t):
+    return t * jnp.arctan(t) - _half_log1p_square(t)
+
+
+def _softsign_potential(t):
+    a = jnp.abs(t)
+    return a - jnp.log1p(a)
+
+
+def _huber(t):
+    a = jnp.abs(t)
+    return jnp.where(a <= 1, t * t / 2, a - 0.5)
+
+
+def _relu_penalty(y):
+    return jnp.where(y >= 0, jnp.zeros_like(y), jnp.inf)
+
+
+def _leaky_relu_penalty(slope, y):
+    return jnp.where(y >= 0, 0, (1 / slope - 1) * y * y / 2)
+
+
+def _hardtanh_penalty(y):
+    return jnp.where(jnp.abs(y) <= 1, jnp.zeros_like(y), jnp.inf)
+
+
+def _tanh_penalty(y):
+    a = jnp.abs(y)
+    inner = a < 1
+    ys = jnp.where(inner, y, 0)
+    val = ((1 + ys) * jnp.log1p(ys) + (1 - ys) * jnp.log1p(-ys)) / 2 - ys * ys / 2
+    # The closure's value at |y| = 1 is log 2 - 1/2.
+    return jnp.where(inner, val, jnp.where(a == 1, math.log(2) - 0.5, jnp.inf))
+
+
+def _sigmoid_penalty(y):
+    closed = (y >= 0) & (y <= 1)
+    ys = jnp.where(closed, y, 0)
+    val = _xlogx(ys) + _xlogx(1 - ys) - ys * ys / 2
+    return jnp.where(closed, val, jnp.inf)
+
+
+def _softplus_penalty_value(y):
+    dom = y >= 0
+    ys = jnp.where(dom, y, 0)
+    # Li2(u) = spence(1 - u), and 1 - e^{-y} = -expm1(-y) without cancellation.
+    return jnp.where(dom, spence(-jnp.expm1(-ys)) - math.pi**2 / 6, jnp.inf)
+
+
+def _softplus_penalty_derivative(y):
+    # f'(y) = softplus^{-1}(y) - y = log(1 - e^{-y}) on y > 0 (-inf at 0); 0 where f is +inf.
+    dom = y >= 0
+    ys = jnp.where(dom, y, 1)
+    return jnp.where(dom, jnp.log(-jnp.expm1(-ys)), 0)
+
+
+def _softsign_penalty(y):
+    a = jnp.abs(y)
+    inner = a < 1
+    as_ = jnp.where(inner, a, 0)
+    return jnp.where(inner, -as_ - jnp.log1p(-as_) - as_ * as_ / 2, jnp.inf)
+
+
+def _arctan_penalty(y):
+    near = jnp.abs(y) < math.pi / 2
+    c = jnp.cos(jnp.where(near, y, 0))
+    # cos can round to <= 0 at the float nearest pi/2: that point is the boundary (+inf).
+    inner = near & (c > 0)
+    ys = jnp.where(inner, y, 0)
+    return jnp.where(inner, -jnp.log(jnp.where(inner, c, 1)) - ys * ys / 2, jnp.inf)
+
+
+def _relu_potential(t):
+    r = jnp.maximum(t, 0)
+    return r * r / 2
+
+
+def _leaky_relu_potential(slope, t):
+    return jnp.where(t >= 0, 1.0, slope) * t * t / 2
+
+
+def _make(name, prox, potential, penalty, slope_bound=1.0, params=()):
+    return Activation(name, prox, _with_derivative(potential, prox), penalty, slope_bound, params)
+
+
+def _leaky_relu(slope):
+    prox = functools.partial(jax.nn.leaky_relu, negative_slope=slope)
+    return _make(
+        "leaky_relu",
+        prox,
+        functools.partial(_leaky_relu_potential, slope),
+        functools.partial(_leaky_relu_penalty, slope),
+        params=(("slope", slope),),
+    )
+
+
+_REGISTRY: dict[str, Callable[..., Activation]] = {
+    "relu": lambda: _make("relu", jax.nn.relu, _relu_potential, _relu_penalty),
+    "leaky_relu": _leaky_relu,
+    "hardtanh": lambda: _make("hardtanh", jax.nn.hard_tanh, _huber, _hardtanh_penalty),
+    "tanh": lambda: _make("tanh", jnp.tanh, _log_cosh, _tanh_penalty),
+    "sigmoid": lambda: _make(
+        "sigmoid", jax.nn.sigmoid, jax.nn.softplus, _sigmoid_penalty, slope_bound=0.25
+    ),
+    "softplus": lambda: _make(
+        "softplus",
+        jax.nn.softplus,
+        _softplus_potential,
+        _with_derivative(_softplus_penalty_value, _softplus_penalty_derivative),
+    ),
+    "softsign": lambda: _make("softsign", jax.nn.soft_sign, _softsign_potential, _softsign_penalty),
+    "arctan": lambda: _make("arctan", jnp.arctan, _arctan_potential, _arctan_penalty),
+}
+
+_DEFAULTS: dict[str, dict] = {"leaky_relu": {"slope": 0.01}}
+
+_NOT_PROX = {
+    "gelu": "it decreases on (-inf, -0.75] (minimum gelu(-0.75) = -0.17) and its slope reaches "
+    "1.13 > 1 near t = 1.41",
+    "silu": "it decreases on (-inf, -1.28] (minimum silu(-1.28) = -0.28) and its slope reaches "
+    "1.10 > 1 near t = 2.40",
+    "mish": "it decreases on (-inf, -1.19] (minimum mish(-1.19) = -0.31) and its slope reaches "
+    "1.09 > 1 near t = 1.49",
+}
+_NOT_PROX["swish"] = _NOT_PROX["silu"]
+
+
+def available() -> tuple[str, ...]:
+    """Names of the registry activations (all of them proximal operators)."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str, **params) -> Activation:
+    """The registry activation ``name``; ``leaky_relu`` takes ``slope`` in (0, 1] (default 0.01).
+
+    Raises:
+      NotAProxError: for known activations that are not proximal operators (gelu, silu, swish,
+        mish).
+      ValueError: for an unknown name, unknown parameters, or a slope outside (0, 1].
+    """
+    if name in _NOT_PROX:
+        raise NotAProxError(
+            f"{name} is not a proximal operator (a prox must be nondecreasing and 1-Lipschitz): "
+            f"{_NOT_PROX[name]}. The equilibrium would not minimise a convex objective. Use a "
+            f"prox activation instead, e.g. softplus (a smooth ReLU), relu or tanh; available: "
+            f"{', '.join(available())}."
+        )
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown activation {name!r}; available: {', '.join(available())} "
+            "(or wrap your own map with optjax.activations.from_function)"
+        )
+    defaults = _DEFAULTS.get(name, {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        takes = f"it takes: {', '.join(defaults)}" if defaults else "it takes no parameters"
+        raise ValueError(
+            f"activation {name!r} got unknown parameter(s) {', '.join(unknown)}; {takes}"
+        )
+    values = {**defaults, **params}
+    if name == "leaky_relu":
+        slope = float(values["slope"])
+        if not 0 < slope <= 1:
+            raise ValueError(
+                f"leaky_relu slope must be in (0, 1] (slope > 1 is not 1-Lipschitz, slope < 0 not "
+                f"monotone, slope 0 is relu), got {slope}"
+            )
+        values["slope"] = slope
+    return _REGISTRY[name](**values)
+
+
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
+_GL_NODES = (_GL_NODES + 1) / 2  # mapped from [-1, 1] to [0, 1]
+_GL_WEIGHTS = _GL_WEIGHTS / 2
+
+
+def _quadrature_potential(fn: Callable, offset: float) -> Callable:
+    """Phi(t) = offset + int_0^t fn = offset + t int_0^1 fn(t x) dx by 64-node Gauss--Legendre.
+
+    Elementwise; exact to rounding for analytic fn on moderate |t|; a kink of fn inside (0, t)
+    costs accuracy (pass ``potential=`` then). The derivative is fn itself (custom JVP), not the
+    quadrature's.
+    """
+
+    def value(t):
+        t = jnp.asarray(t, jnp.result_type(t, float))
+        x = jnp.asarray(_GL_NODES, t.dtype)
+        w = jnp.asarray(_GL_WEIGHTS, t.dtype)
+        return offset + t * jnp.sum(w * fn(t[..., None] * x), axis=-1)
+
+    return _with_derivative(value, fn)
+
+
+def _check_grid(lo: float, hi: float, num_points: int) -> np.ndarray:
+    """A dense uniform grid on [lo, hi] plus a fine grid around 0 (uniform and geometric).
+
+    Points closer than 1e-6 relative are merged: their difference quotients would be rounding.
+    """
+    geometric = np.logspace(-9, 0, 181)
+    fine = np.concatenate([np.linspace(-1, 1, 4001), geometric, -geometric, [0.0]])
+    fine = fine[(fine >= lo) & (fine <= hi)]
+    t = np.sort(np.concatenate([np.linspace(lo, hi, num_points), fine]))
+    gap = np.diff(t) > 1e-6 * np.maximum(np.abs(t[1:]), np.abs(t[:-1]))
+    return t[np.concatenate([[True], gap])]
+
+
+def _check_prox(fn: Callable, name: str, check_interval, num_points: int) -> float:
+    """Check numerically that fn is nondecreasing and 1-Lipschitz; return its max slope.
+
+    Evaluated in float64 when jax_enable_x64 is on (float32 otherwise). The tolerances allow
+    rounding: a drop of 1e-10 relative, and a slope of 1 + 1e-6 once the rounding of the
+    difference quotient is taken off.
+    """
+    lo, hi = map(float, check_interval)
+    t = jnp.unique(jnp.asarray(_check_grid(lo, hi, num_points)))  # the float32 cast may merge
+    s = fn(t)
+    if jnp.shape(s) != t.shape or jnp.shape(fn(t[:6].reshape(2, 3))) != (2, 3):
+        raise NotAProxError(
+            f"{name} is not elementwise: it maps an array of shape {t.shape} to shape "
+            f"{jnp.shape(s)}; an activation must keep the shape of its input"
+        )
+    eps = max(jnp.finfo(t.dtype).eps, jnp.finfo(jnp.result_type(s, float)).eps)
+    t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        i = np.argmax(bad)
+        raise NotAProxError(
+            f"{name} returned a non-finite value sigma({t[i]:.4g}) = {s[i]} on the check "
+            f"interval [{lo}, {hi}]; an activation must be finite everywhere"
+        )
+    ds, dt = np.diff(s), np.diff(t)
+    scale = np.abs(s[1:]) + np.abs(s[:-1])
+    problems = []
+    if np.any(ds < -max(1e-10, 8 * eps) * (1 + scale)):
+        # Report the maximal nonincreasing stretch around the largest drop.
+        k = np.argmin(ds)
+        rises = np.flatnonzero(ds > 0)
+        a = rises[rises < k].max(initial=-1) + 1
+        b = rises[rises > k].min(initial=ds.size)
+        problems.append(
+            f"it is not nondecreasing: {name} decreases on [{t[a]:.3g}, {t[b]:.3g}]: "
+            f"sigma({t[b]:.3g}) = {s[b]:.3g} < sigma({t[a]:.3g}) = {s[a]:.3g}"
+        )
+    slope = ds / dt
+    slope_low = slope - 8 * eps * scale / dt  # a lower bound despite rounding
+    if np.any(slope_low > 1 + 1e-6):
+        k = np.argmax(slope_low)
+        problems.append(
+            f"it is not 1-Lipschitz: slope {slope[k]:.4g} > 1 near t = {(t[k] + t[k + 1]) / 2:.3g}"
+        )
+    if problems:
+        raise NotAProxError(
+            f"{name} is not a proximal operator (a prox must be nondecreasing and 1-Lipschitz): "
+            + "; and ".join(problems)
+            + ". Use a registry activation (optjax.activations.available()), or make it monotone "
+            "and rescale it, e.g. t -> sigma(t) / L for a map with slope at most L."
+        )
+    return float(slope_low.max())
+
+
+def from_function(
+    fn: Callable,
+    name: str | None = None,
+    *,
+    potential: Callable | None = None,
+    penalty: Callable | None = None,
+    slope_bound: float | None = None,
+    check_interval: tuple[float, float] = (-30.0, 30.0),
+    num_points: int = 20001,
+) -> Activation:
+    """Wrap an elementwise map ``fn`` as an :class:`Activation`, after checking it is a prox.
+
+    ``fn`` is evaluated on ``num_points`` points of ``check_interval`` plus a fine grid around 0;
+    it must keep shapes, be finite, nondecreasing and 1-Lipschitz there (else
+    :class:`NotAProxError`), and its slope must not exceed ``slope_bound`` (else ``ValueError``).
+
+    Args:
+      fn: sigma, elementwise on jax arrays; may be an :class:`Activation`, whose name, potential,
+        penalty and slope bound are then the defaults.
+      name: defaults to ``fn.__name__``.
+      potential: Phi with Phi' = fn; default: Phi(0) + int_0^t fn by 64-node Gauss--Legendre
+        (jit-able, derivative fn), with Phi(0) = 0, or -f(sigma(0)) - sigma(0)^2/2 when a penalty
+        f is given, so that Phi = (f + |.|^2/2)^*.
+      penalty: f with fn = prox_f, ``+inf`` outside its domain; default ``None`` (unknown).
+      slope_bound: an upper bound on sup fn'; default 1.
+
+    Equality (hence jit caching) is on ``fn``'s identity and the arguments given, so two
+    different maps never share a compiled function.
+    """
+    base = fn if isinstance(fn, Activation) else None
+    if name is None:
+        name = base.name if base else getattr(fn, "__name__", type(fn).__name__)
+    bound = slope_bound if slope_bound is not None else (base.slope_bound if base else 1.0)
+    max_slope = _check_prox(fn, name, check_interval, num_points)
+    if max_slope > bound * (1 + 1e-6):
+        raise ValueError(
+            f"slope_bound={bound} is below the observed slope {max_slope:.6g} of {name}; "
+            "pass slope_bound >= sup sigma' (it sets the strong convexity modulus)"
+        )
+    params = (
+        ("fn", fn),
+        ("potential", potential),
+        ("penalty", penalty),
+        ("slope_bound", slope_bound),
+    )
+    if base is not None and penalty is None:
+        penalty = base.penalty
+        potential = base.potential if potential is None else potential
+    if potential is None:
+        offset = 0.0
+        if penalty is not None:
+            # Fenchel--Young at t = 0 fixes Phi(0) = -f(sigma(0)) - sigma(0)^2/2.
+            s0 = fn(jnp.zeros(()))
+            offset = -float(penalty(s0) + s0 * s0 / 2)
+            if not math.isfinite(offset):
+                raise ValueError(f"penalty(sigma(0)) of {name} must be finite, got {-offset}")
+        potential = _quadrature_potential(fn, offset)
+    return Activation(name, fn, potential, penalty, float(bound), params)

@@ -1,0 +1,27 @@
+"""Forward solvers, one per file; each is a frozen configuration with a ``run`` method."""
+
+from optjax.config import ConfigError
+from optjax.solvers._base import Solver, SolverRun
+from optjax.solvers.anderson import Anderson
+from optjax.solvers.fixed_point import FixedPoint
+from optjax.solvers.halpern import Halpern
+from optjax.solvers.nesterov import Nesterov
+
+SOLVERS = {cls.name: cls for cls in (FixedPoint, Anderson, Halpern, Nesterov)}
+
+
+def get(solver, **options) -> Solver:
+    """A solver from its name (with options) or a :class:`Solver` given as it is."""
+    if isinstance(solver, Solver):
+        if options:
+            return solver.replace(**options)
+        return solver
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ConfigError(
+            f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)} "
+            "or pass an optjax.solvers.Solver instance"
+        )
+    return SOLVERS[solver].from_dict(options)
+
+
+__all__ = ["Solver", "SolverRun", "FixedPoint", "Anderson", "Halpern", "Nesterov", "SOLVERS", "get"]

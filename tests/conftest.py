@@ -1,0 +1,21 @@
+"""Test-wide settings: the maths is checked in float64 unless a test says otherwise."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    # Deselected rather than skipped: they are not run by default, by design.
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
