@@ -4,7 +4,9 @@ jaxopt is no longer maintained, so everything optjax uses from it goes through t
 functions below; replacing jaxopt means rewriting this file only. Its import-time
 DeprecationWarning is filtered by its exact message, nothing else is silenced.
 
-Both functions solve one sample (the caller vmaps them); they return the last point ``x`` whose
+``unroll=False`` everywhere: with implicit_diff off, jaxopt's default unrolls into a
+``scan`` of ``max_steps`` conditional no-ops, which costs max_steps iterations whatever the
+tolerance. Both functions solve one sample (the caller vmaps them); they return the last point ``x`` whose
 residual ``||x - S(x)||`` jaxopt measured, that residual, jaxopt's returned iterate, the number
 of steps and the number of evaluations of S.
 """
@@ -38,7 +40,8 @@ def fixed_point_iteration(
 ) -> JaxoptRun:
     """Plain iteration z <- fn(z) until ||fn(z) - z|| <= tol (jaxopt.FixedPointIteration)."""
     solver = jaxopt.FixedPointIteration(
-        fixed_point_fun=lambda z: fn(z), maxiter=max_steps, tol=tol, implicit_diff=False
+        fixed_point_fun=lambda z: fn(z), maxiter=max_steps, tol=tol, implicit_diff=False,
+        unroll=False,
     )
     out = solver.run(z0)
     # jaxopt returns fn(previous point) and the residual of the previous point, which it
@@ -72,6 +75,7 @@ def anderson(
         maxiter=max_steps,
         tol=tol,
         implicit_diff=False,
+        unroll=False,
     )
     out = solver.run(z0)
     state = out.state

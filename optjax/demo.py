@@ -39,20 +39,27 @@ def build(seed: int, d: int, n: int, p: int, batch: int, norm: float, activation
 
 
 def reference_minimizer(problem, x):
-    """argmin G per sample by L-BFGS on G written from the potential (independent of T)."""
+    """argmin G per sample by scipy's trust-region Newton method on G written from the
+    potential, with autodiff gradient and Hessian: independent of T and of optjax's solvers."""
     c = optjax.injection(problem, x)
+
+    def g(z, ci):
+        return 0.5 * jnp.dot(z, z) - jnp.sum(problem.activation.potential(problem.weight @ z + ci))
+
+    value_and_grad = jax.jit(jax.value_and_grad(g))
+    hessian = jax.jit(jax.hessian(g))
     out = []
     for ci in c:
-        def g(z, ci=ci):
-            return 0.5 * jnp.dot(z, z) - jnp.sum(problem.activation.potential(problem.weight @ z + ci))
-
-        vg = jax.jit(jax.value_and_grad(g))
         res = scipy.optimize.minimize(
-            lambda z: tuple(np.asarray(v, float) for v in vg(jnp.asarray(z))),
-            np.zeros(problem.state_shape), jac=True, method="L-BFGS-B",
-            options=dict(maxiter=10000, ftol=1e-16, gtol=1e-12),
+            lambda z: tuple(np.asarray(v, float) for v in value_and_grad(jnp.asarray(z), ci)),
+            np.zeros(problem.state_shape), jac=True, method="trust-exact",
+            hess=lambda z: np.asarray(hessian(jnp.asarray(z), ci)), options=dict(gtol=1e-13),
         )
-        out.append(res.x)
+        z = res.x
+        for _ in range(3):  # trust-exact stops on rounding noise in G; polish with Newton steps
+            _, grad = value_and_grad(jnp.asarray(z), ci)
+            z = z - np.linalg.solve(np.asarray(hessian(jnp.asarray(z), ci)), np.asarray(grad))
+        out.append(z)
     return np.stack(out)
 
 
@@ -76,8 +83,9 @@ def main(argv=None) -> int:
         problem, x = build(0, args.d, args.n, args.d // 2, args.batch, args.norm, activation)
         z_ref = reference_minimizer(problem, x)
         for name in SOLVERS:
-            max_steps = 2_000_000 if name == "halpern" else 20_000
-            tol = max(args.tol, 1e-8) if name == "halpern" else args.tol
+            # Halpern converges like 1/k: it is for choosing among equilibria, not for speed.
+            max_steps = 200_000 if name == "halpern" else 20_000
+            tol = max(args.tol, 1e-4) if name == "halpern" else args.tol
             solve = jax.jit(lambda p, x, name=name, tol=tol, m=max_steps:
                             optjax.equilibrium(p, x, solver=name, tol=tol, max_steps=m))
             jax.block_until_ready(solve(problem, x))
@@ -86,7 +94,8 @@ def main(argv=None) -> int:
             ms = 1e3 * (time.perf_counter() - t0)
             err = float(np.max(np.abs(np.asarray(z) - z_ref)))
             bound = float(jnp.max(info.certificate.distance_bound))
-            ok = bool(jnp.all(info.converged)) and err <= max(bound, 1e-12) * 1.0001 + 1e-9
+            # The reference itself is accurate to about 1e-12.
+            ok = bool(jnp.all(info.converged)) and err <= bound * (1 + 1e-6) + 1e-11
             failures += not ok
             print(f"{activation:<11}{name:<12}{int(jnp.max(info.steps)):>7}"
                   f"{int(jnp.max(info.evaluations)):>9}{float(jnp.max(info.residual)):>11.2e}"
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
                   f"{float(jnp.max(info.certificate.suboptimality_bound)):>11.1e}"
                   f"{err:>15.2e}{ms:>9.1f}{'' if ok else '  FAILED'}")
     print("\nsteps/T evals: the largest over the batch; bound: G(z) - G* <= r^2 / (2 mu);")
-    print("|z - z_ref|: distance to an independent L-BFGS minimiser of G, must be <= r / mu.")
+    print("|z - z_ref|: distance to an independent Newton minimiser of G, must be <= r / mu.")
     if failures:
         print(f"\n{failures} check(s) FAILED")
         return 1

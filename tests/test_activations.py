@@ -330,3 +330,24 @@ def test_float32(act):
     lo, hi = DOMAIN[act.name]
     y = jnp.linspace(max(lo, -5) + 1e-3, min(hi, 5) - 1e-3, 101)
     np.testing.assert_allclose(penalty(y.astype(jnp.float32)), penalty(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hardtanh", "tanh", "sigmoid", "softsign", "arctan"])
+def test_linear_growth_potentials_do_not_overflow(name):
+    # Phi(t) ~ c |t| here: no intermediate t^2 or e^|t| may overflow float32.
+    act = activations.get(name)
+    t = jnp.array([-1e30, -1e3, 1e3, 1e30], jnp.float32)
+    phi = jax.jit(act.potential)(t)
+    assert bool(jnp.all(jnp.isfinite(phi)))
+    np.testing.assert_allclose(phi[-1] / t[-1], phi[-2] / t[-2], rtol=1e-2)
+
+
+def test_from_function_check_in_float32_allows_rounding_only():
+    with jax.enable_x64(False):
+        for name in activations.available():
+            activations.from_function(activations.get(name).prox, name)
+        activations.from_function(user_map)
+        with pytest.raises(NotAProxError, match="not nondecreasing"):
+            activations.from_function(gelu)
+        with pytest.raises(NotAProxError, match="not 1-Lipschitz"):
+            activations.from_function(lambda t: 1.001 * jnp.tanh(t))

@@ -5,6 +5,12 @@ solves the ridge-regularised least squares
 :math:`\min_\alpha \|\sum_i \alpha_i g_i\|^2 + \text{ridge}\|\alpha\|^2,\ \sum_i \alpha_i = 1`,
 and extrapolates :math:`x = \sum_i \alpha_i (x_i + \beta g_i)`. It ignores the convex structure;
 it is here as the DEQ-standard reference.
+
+jaxopt's ridge is absolute, while the Gram matrix :math:`g_i^\top g_j` shrinks with the
+residual (to ~1e-10 at tol 1e-5): its default 1e-5 then swamps the Gram matrix and turns the
+extrapolation into an average of old iterates, slower than plain iteration (see
+benchmarks/RESULTS.md). The default here, 1e-30, is negligible at any residual scale and only
+keeps an all-zero Gram matrix invertible.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ class Anderson(Solver):
     """Anderson acceleration with ``history`` past iterates, ``ridge`` and mixing ``beta``."""
 
     history: int = 5
-    ridge: float = 1e-5
+    ridge: float = 1e-30
     mixing: float = 1.0
 
     name: ClassVar[str] = "anderson"
