@@ -16,7 +16,7 @@ defined when :math:`I - J` is singular (non-unique equilibria, e.g. Halpern with
 :math:`\|W\| = 1`), where the exact implicit gradient does not exist.
 
 Tolerances are relative: a sample stops when :math:`\|g - (I - J^\top) v\| \le
-\text{tol}\,\|g\|`; ``tol=None`` means :math:`\max(10^{-12}, 64\,\varepsilon)` of the dtype.
+\text{tol}\,\|g\|`; ``tol=None`` means :math:`\max(10^{-12}, 256\,\varepsilon)` of the dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = ["Backward", "FixedPointBackward", "ConjugateGradient", "GMRES", "Phan
 
 
 def default_tol(dtype) -> float:
-    return max(1e-12, 64 * float(jnp.finfo(dtype).eps))
+    return max(1e-12, 256 * float(jnp.finfo(dtype).eps))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,9 +68,15 @@ def certificate(problem: OptEqProblem, z: jax.Array, x: jax.Array, feature=None)
     return make_certificate(problem, image, residual, x, feature)
 
 
-def make_certificate(problem, image, residual, x, feature=None) -> Certificate:
-    """The certificate of points whose image S(z) = ``image`` and residual are already known."""
-    mu = strong_convexity(problem)
+def make_certificate(problem, image, residual, x, feature=None, *, certified=True) -> Certificate:
+    """The certificate of points whose image S(z) = ``image`` and residual are already known.
+
+    ``certified=False`` skips ``||W||``: modulus and norm are NaN, the bounds infinite."""
+    if certified:
+        norm = problem.spectral_norm()
+        mu = strong_convexity(dataclasses.replace(problem, weight_norm=norm))
+    else:
+        norm = mu = jnp.asarray(jnp.nan, residual.dtype)
     sub, dist = bounds(residual, mu)
     return Certificate(
         residual=residual,
@@ -78,5 +84,5 @@ def make_certificate(problem, image, residual, x, feature=None) -> Certificate:
         modulus=mu,
         suboptimality_bound=sub,
         distance_bound=dist,
-        weight_norm=problem.spectral_norm(),
+        weight_norm=norm,
     )

@@ -206,3 +206,18 @@ def test_non_prox_activation_is_refused():
         optjax.OptEqProblem(problem.weight, "gelu")
     with pytest.raises(TypeError, match="from_function"):
         optjax.OptEqProblem(problem.weight, jax.nn.gelu)
+
+
+def test_certify_false_skips_the_norm_and_says_so():
+    problem, x = random_problem(13, norm=0.9)
+    z, info = optjax.equilibrium(problem, x, certify=False)
+    z_ref, info_ref = optjax.equilibrium(problem, x)
+    np.testing.assert_allclose(z, z_ref)
+    assert np.isnan(float(info.certificate.modulus)) and np.isnan(float(info.certificate.weight_norm))
+    assert np.all(np.isinf(np.asarray(info.certificate.suboptimality_bound)))
+    assert bool(jnp.all(info.converged))
+    # A given weight_norm (e.g. from a normalisation) is used as it is, without recomputation.
+    known = optjax.OptEqProblem(problem.weight, problem.activation, problem.input_weight,
+                                problem.bias, weight_norm=0.95)
+    _, info_known = optjax.equilibrium(known, x)
+    np.testing.assert_allclose(info_known.certificate.modulus, 1 - 0.95**2, rtol=1e-12)

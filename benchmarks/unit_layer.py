@@ -1,0 +1,198 @@
+"""Benchmark: a dense OptEq unit layer, every solver and backward mode, against jaxopt called
+directly and an unrolled loop, all measured side by side in one run.
+
+    python benchmarks/unit_layer.py            # the full run recorded in RESULTS.md
+    python benchmarks/unit_layer.py --quick    # a small smoke run
+
+Problem: batch 128, d = 256, n = 512, float32, ||W|| in {0.5, 0.9, 0.99}, relu and tanh,
+per-sample tolerance 1e-5 on ||z - T(z)||. Times are medians over repetitions; every figure is
+printed as a ratio to a reference measured in the same run (the machines are shared and noisy):
+  * "T evals": evaluations of T (largest over the batch; the batched loop runs that many);
+  * "/ T": forward time over the time of one batched T evaluation (timed inside a compiled
+    loop), in total and per step (solver overhead); the total includes the exact ||W|| of the
+    certificate unless certify=False;
+  * "fwd+bwd / fwd": cost of the backward pass, per backward mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import optjax
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"JAXopt is no longer maintained")
+    import jaxopt
+
+
+def timeit(fn, *args, reps: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build(seed, batch, d, n, p, norm, activation):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n, d))
+    w *= norm / np.linalg.norm(w, 2)
+    problem = optjax.OptEqProblem(
+        jnp.asarray(w, jnp.float32), activation,
+        input_weight=jnp.asarray(rng.normal(size=(n, p)) / np.sqrt(p), jnp.float32),
+        bias=jnp.asarray(0.1 * rng.normal(size=n), jnp.float32),
+    )
+    x = jnp.asarray(rng.normal(size=(batch, p)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(batch, d)), jnp.float32)
+    return problem, x, target
+
+
+def with_weight(problem, w):
+    return optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+
+
+def batched_t(problem, z, c):
+    return problem.activation(z @ problem.weight.T + c) @ problem.weight
+
+
+def run_case(activation, norm, args, out):
+    problem, x, target = build(0, args.batch, args.d, args.n, args.p, norm, activation)
+    c = optjax.injection(problem, x)
+    z0 = jnp.zeros((args.batch, args.d), jnp.float32)
+    reps = args.reps
+    # One T evaluation, timed inside a compiled loop so that dispatch is not counted.
+    k = 100
+    loop = jax.jit(lambda p, z, c: jax.lax.fori_loop(0, k, lambda _, z: batched_t(p, z, c), z))
+    t_eval = timeit(loop, problem, z0, c, reps=reps) / k
+    t_norm = timeit(jax.jit(optjax.linear_map.spectral_norm), problem.weight, reps=reps)
+
+    print(f"\n### {activation}, ||W|| = {norm}\n")
+    print(f"One T evaluation: {t_eval * 1e3:.3f} ms (the unit below); exact ||W|| for the "
+          f"certificate: {t_norm / t_eval:.1f} T.\n")
+    print("| forward solver | T evals (max / mean) | converged | fwd time / T | time per step / T |")
+    print("|---|---|---|---|---|")
+    fwd_time = {}
+    solvers = [
+        ("fixed_point", "fixed_point"),
+        ("anderson (m=5)", optjax.solvers.Anderson()),
+        ("anderson, jaxopt's ridge 1e-5", optjax.solvers.Anderson(ridge=1e-5)),
+        ("nesterov (restart)", "nesterov"),
+        ("nesterov, certify=False", "nesterov"),
+        ("halpern (capped)", "halpern"),
+    ]
+    for label, solver in solvers:
+        cap = args.halpern_cap if label.startswith("halpern") else args.max_steps
+        fn = jax.jit(lambda p, x, s=solver, m=cap, c="certify=False" not in label:
+                     optjax.equilibrium(p, x, solver=s, tol=args.tol, max_steps=m, certify=c))
+        _, info = fn(problem, x)
+        t = timeit(fn, problem, x, reps=reps)
+        evals = int(jnp.max(info.evaluations))
+        fwd_time[label] = (t, evals)
+        print(f"| {label} | {evals} / {float(jnp.mean(info.evaluations)):.1f} | "
+              f"{int(jnp.sum(info.converged))}/{args.batch} | {t / t_eval:.1f} | {t / evals / t_eval:.2f} |")
+        out.append(dict(case=(activation, norm), solver=label, evals=evals, ratio=t / t_eval))
+
+    # jaxopt called directly on the whole batch: one global stopping test on the batch's
+    # Frobenius residual, its own implicit differentiation.
+    def jaxopt_solve(kind):
+        def solve(w, x):
+            p = with_weight(problem, w)
+            cc = optjax.injection(p, x)
+            fp = lambda z, w, cc: p.activation(z @ w.T + cc) @ w  # noqa: E731
+            if kind == "fixed_point":
+                solver = jaxopt.FixedPointIteration(fp, maxiter=args.max_steps, tol=args.tol)
+            else:
+                solver = jaxopt.AndersonAcceleration(fp, history_size=5, maxiter=args.max_steps,
+                                                     tol=args.tol)
+            return solver.run(z0, w, cc)
+        return solve
+
+    print("\n| same problem, other implementations | T evals | fwd time / T | fwd time / optjax same solver |")
+    print("|---|---|---|---|")
+    for kind, mine in (("fixed_point", "fixed_point"), ("anderson", "anderson, jaxopt's ridge 1e-5")):
+        solve = jax.jit(jaxopt_solve(kind))
+        res = solve(problem.weight, x)
+        t = timeit(lambda w, x: solve(w, x).params, problem.weight, x, reps=reps)
+        steps = int(res.state.iter_num)
+        print(f"| jaxopt.{'FixedPointIteration' if kind == 'fixed_point' else 'AndersonAcceleration'} "
+              f"(batch-global tol) | {steps} | {t / t_eval:.1f} | {t / fwd_time[mine][0]:.2f} |")
+    k_unroll = fwd_time["fixed_point"][1]
+
+    def unrolled(w, x):
+        p = with_weight(problem, w)
+        cc = optjax.injection(p, x)
+        return jax.lax.fori_loop(0, k_unroll, lambda _, z: batched_t(p, z, cc), z0)
+
+    t = timeit(jax.jit(unrolled), problem.weight, x, reps=reps)
+    print(f"| unrolled loop, {k_unroll} steps | {k_unroll} | {t / t_eval:.1f} | "
+          f"{t / fwd_time['fixed_point'][0]:.2f} |")
+
+    # Backward modes: forward+backward against forward, nesterov forward.
+    print("\n| backward mode | fwd+bwd / fwd | bwd steps (max / mean) | bwd converged |")
+    print("|---|---|---|---|")
+    probe = optjax.backward_probe(args.batch)
+
+    def loss(w, probe, mode):
+        z, _ = optjax.equilibrium(with_weight(problem, w), x, tol=args.tol,
+                                  max_steps=args.max_steps, backward=mode, backward_probe=probe)
+        return jnp.sum(target * z)
+
+    fwd = jax.jit(lambda w, probe: loss(w, probe, "cg"))
+    t_fwd = timeit(fwd, problem.weight, probe, reps=reps)
+    modes = [("cg", "cg"), ("gmres", "gmres"), ("fixed_point", "fixed_point"),
+             ("phantom (5 steps)", optjax.backward.Phantom(steps=5, damping=0.5))]
+    for label, mode in modes:
+        g = jax.jit(jax.grad(lambda w, probe, m=mode: loss(w, probe, m), argnums=(0, 1)))
+        _, stats = g(problem.weight, probe)
+        t = timeit(g, problem.weight, probe, reps=reps)
+        print(f"| {label} | {t / t_fwd:.2f} | {int(jnp.max(stats.steps))} / "
+              f"{float(jnp.mean(stats.steps)):.1f} | {int(jnp.sum(stats.converged))}/{args.batch} |")
+
+    def jaxopt_loss(w, kind):
+        return jnp.sum(target * jaxopt_solve(kind)(w, x).params)
+
+    for kind in ("fixed_point", "anderson"):
+        f = jax.jit(lambda w, k=kind: jaxopt_loss(w, k))
+        g = jax.jit(jax.grad(lambda w, k=kind: jaxopt_loss(w, k)))
+        ratio = timeit(g, problem.weight, reps=reps) / timeit(f, problem.weight, reps=reps)
+        print(f"| jaxopt {kind}, its own implicit diff | {ratio:.2f} | - | - |")
+    gu = jax.jit(jax.grad(lambda w: jnp.sum(target * unrolled(w, x))))
+    ratio = timeit(gu, problem.weight, reps=reps) / timeit(jax.jit(unrolled), problem.weight, x, reps=reps)
+    print(f"| autodiff through the unrolled loop ({k_unroll} steps) | {ratio:.2f} | {k_unroll} | - |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one activation")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--tol", type=float, default=1e-5)
+    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument("--halpern-cap", type=int, default=2000)
+    args = parser.parse_args(argv)
+    args.batch, args.d, args.n, args.p = (16, 32, 48, 16) if args.quick else (128, 256, 512, 64)
+    norms = (0.9,) if args.quick else (0.5, 0.9, 0.99)
+    acts = ("relu",) if args.quick else ("relu", "tanh")
+    if args.quick:
+        args.reps, args.halpern_cap = 2, 200
+    print(f"optjax {optjax.__version__}, jax {jax.__version__} on {jax.devices()[0].device_kind}; "
+          f"batch {args.batch}, d {args.d}, n {args.n}, float32, tol {args.tol:g}, "
+          f"median of {args.reps} runs")
+    out = []
+    for act in acts:
+        for norm in norms:
+            run_case(act, norm, args, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
