@@ -67,8 +67,13 @@ def anderson(
     mixing: float,
 ) -> JaxoptRun:
     """Anderson acceleration of z <- fn(z) (jaxopt.AndersonAcceleration)."""
+    # jaxopt builds its Gram matrix in the default float dtype; with x64 on, a float32 state would
+    # meet float64 mixing weights inside a lax.cond and fail. Keep the history in the default
+    # dtype and evaluate fn in the state's own dtype.
+    dtype = z0.dtype
+    work = jnp.promote_types(dtype, jnp.zeros(()).dtype)
     solver = jaxopt.AndersonAcceleration(
-        fixed_point_fun=lambda z: fn(z),
+        fixed_point_fun=lambda z: fn(z.astype(dtype)).astype(work),
         history_size=history,
         beta=mixing,
         ridge=ridge,
@@ -77,17 +82,17 @@ def anderson(
         implicit_diff=False,
         unroll=False,
     )
-    out = solver.run(z0)
+    out = solver.run(z0.astype(work))
     state = out.state
     # The last extrapolated point and its residual sit at slot (iter_num - 1) mod history.
     pos = jnp.mod(state.iter_num - 1, history)
     point = state.params_history[pos]
     image = point + state.residuals_history[pos]
     return JaxoptRun(
-        point=point,
-        image=image,
-        residual=state.error,
-        iterate=out.params,
+        point=point.astype(dtype),
+        image=image.astype(dtype),
+        residual=state.error.astype(dtype),
+        iterate=out.params.astype(dtype),
         steps=state.iter_num,
         evaluations=state.num_fun_eval,
     )

@@ -196,7 +196,9 @@ def equilibrium(
         convex = margin >= -64 * jnp.finfo(dtype).eps
 
     probe = backward_probe if backward_probe is not None else BackwardStats.zeros(batch, dtype)
-    map_fn = functools.partial(equilibrium_map, problem.activation)
+    map_fn = functools.partial(
+        equilibrium_map, problem.activation, compute_dtype=problem.compute_dtype
+    )
     params = (problem.weight, problem.prior)
     z_star, stats = fixed_point(
         map_fn,

@@ -23,18 +23,26 @@ def is_dense(weight) -> bool:
     )
 
 
-def apply(weight, z: jax.Array) -> jax.Array:
-    """:math:`W z` for one sample."""
-    if is_dense(weight):
-        return weight @ z
-    return weight.apply(z)
+def _in_compute_dtype(weight, v, compute_dtype):
+    if compute_dtype is None:
+        return weight, v
+    cast = lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+    return jax.tree_util.tree_map(cast, weight), cast(v)
 
 
-def transpose(weight, s: jax.Array) -> jax.Array:
-    r""":math:`W^\top s` for one sample."""
-    if is_dense(weight):
-        return weight.T @ s
-    return weight.transpose(s)
+def apply(weight, z: jax.Array, compute_dtype=None) -> jax.Array:
+    """:math:`W z` for one sample; with ``compute_dtype`` (e.g. bfloat16) the product is
+    computed in that dtype and returned in ``z``'s."""
+    w, v = _in_compute_dtype(weight, z, compute_dtype)
+    out = w @ v if is_dense(w) else w.apply(v)
+    return out.astype(z.dtype)
+
+
+def transpose(weight, s: jax.Array, compute_dtype=None) -> jax.Array:
+    r""":math:`W^\top s` for one sample (same ``compute_dtype`` convention as :func:`apply`)."""
+    w, v = _in_compute_dtype(weight, s, compute_dtype)
+    out = w.T @ v if is_dense(w) else w.transpose(v)
+    return out.astype(s.dtype)
 
 
 def in_shape(weight) -> tuple[int, ...]:

@@ -44,6 +44,9 @@ class OptEqProblem:
       prior: a :class:`optjax.priors.Prior` or ``None`` (``R = 0``).
       weight_norm: a known upper bound on ``||W||`` (e.g. maintained by a normalisation);
         ``None``: computed exactly when needed.
+      compute_dtype: ``None``, or a lower precision (``jnp.bfloat16``) for the products with W
+        inside T (static); the state, the residuals and the objective stay in the input dtype.
+        The residual then cannot fall below that precision: use a tolerance to match.
     """
 
     weight: jax.Array
@@ -52,6 +55,7 @@ class OptEqProblem:
     bias: jax.Array | None = None
     prior: Prior | None = None
     weight_norm: jax.Array | None = None
+    compute_dtype: object = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
         act = self.activation

@@ -1,0 +1,210 @@
+r"""OptEq layers as Flax NNX modules: thin holders of parameters that call the core.
+
+``OptEqDense``: :math:`z^\star = \operatorname{prox}_R(W^\top\sigma(W z^\star + U x + b))`,
+``W`` of shape ``(hidden, features)``.
+
+``OptEqConv``: the same with ``W`` a ``k x k`` convolution from ``channels`` to ``hidden``
+channels (stride 1, same size), :math:`W^\top` its exact adjoint, and :math:`U x + b` a
+convolution of the input.
+
+Both keep :math:`\|W\| \le \rho` by the reparametrisation of :mod:`optjax.nn.spectral`, pass the
+exact (dense) or certified (convolution) norm of the used weight to the certificate, and leave
+the solve's :class:`optjax.SolveInfo` in ``layer.info`` after each call.
+
+Priors (OPTEQ.md sections 5 and 6): ``prior`` is any :mod:`optjax.priors` prior; the quadratic
+prior's feature is :math:`u = T(0) = W^\top\sigma(U x + b)`, the first step of plain iteration.
+``anchor`` turns on Halpern's iteration: ``"zero"`` (minimum-norm equilibrium), ``"injection"``
+(:math:`T(0)`, as above) or ``"learned"`` (a parameter vector).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import optjax
+from optjax import linear_map
+from optjax import activations as _activations
+from optjax import priors as _priors
+from optjax.config import ConfigError
+from optjax.convolution import Conv2D
+from optjax.nn._info import SolverInfo
+from optjax.nn.spectral import PowerIterationState, certified_norm, normalize, power_step
+
+__all__ = ["OptEqDense", "OptEqConv"]
+
+_ANCHORS = (None, "zero", "injection", "learned")
+_OUTPUTS = ("z", "s")
+
+
+class _OptEqBase(nnx.Module):
+    """Shared settings and the solve; subclasses define the weights and the injection."""
+
+    def _setup(self, *, activation, rho, solver, tol, max_steps, backward, output, prior, anchor,
+               certify, compute_dtype, power_steps, state_shape, param_dtype, rngs):
+        if not 0.0 < rho <= 1.0:
+            raise ConfigError(
+                f"rho must be in (0, 1] so that ||W|| <= rho keeps the objective convex; got {rho}"
+            )
+        if output not in _OUTPUTS:
+            raise ConfigError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        if anchor not in _ANCHORS:
+            raise ConfigError(f"anchor must be one of {_ANCHORS}, got {anchor!r}")
+        if prior is not None and not isinstance(prior, _priors.Prior):
+            raise ConfigError(f"prior must be an optjax.priors.Prior, got {type(prior).__name__}")
+        self.activation = activation if isinstance(activation, _activations.Activation) else _activations.get(activation)
+        self.rho = float(rho)
+        self.solver = "halpern" if (anchor is not None and solver is None) else (solver or "nesterov")
+        self.tol = tol
+        self.max_steps = max_steps
+        self.backward = backward
+        self.output = output
+        self.prior = prior
+        self.anchor_kind = anchor
+        self.certify = certify
+        self.compute_dtype = compute_dtype
+        self.power_steps = power_steps
+        self.use_running_average = False
+        v = jax.random.normal(rngs.params(), state_shape, param_dtype)
+        # Converge the estimate once at construction; afterwards a few steps per training call
+        # track the slowly changing weights.
+        v, _ = power_step(self._raw_weight(), v / jnp.linalg.norm(v), steps=100)
+        self.power = PowerIterationState(v)
+        if anchor == "learned":
+            self.anchor = nnx.Param(jnp.zeros(state_shape, param_dtype))
+        self.info = SolverInfo(None)
+
+    def used_weight(self):
+        """The normalised weight W (updates the power-iteration vector in training mode)."""
+        steps = self.power_steps if not self.use_running_average else 0
+        v, sigma = power_step(self._raw_weight(), self.power.get_value(), steps)
+        if not self.use_running_average:
+            self.power.set_value(v)
+        return normalize(self._raw_weight(), sigma, self.rho)
+
+    def _solve(self, weight, injection):
+        batch = injection.shape[0]
+        norm = None
+        if self.certify:
+            # The power estimate is a lower bound of ||V||: correct the scale with the certified
+            # norm computed for the certificate anyway, so that ||W|| <= rho exactly.
+            norm = certified_norm(weight)
+            scale = jnp.minimum(1.0, self.rho / jnp.maximum(norm, 1e-30))
+            weight = jax.tree_util.tree_map(lambda a: a * scale.astype(a.dtype), weight)
+            norm = jax.lax.stop_gradient(norm * scale)
+        problem = optjax.OptEqProblem(weight, self.activation, prior=self.prior, weight_norm=norm,
+                                      compute_dtype=self.compute_dtype)
+        first_step = None
+        if isinstance(self.prior, _priors.Quadratic) or self.anchor_kind == "injection":
+            first_step = optjax.operator(
+                optjax.OptEqProblem(weight, self.activation, compute_dtype=self.compute_dtype),
+                jnp.zeros((batch,) + problem.state_shape, injection.dtype), injection,
+            )
+        anchor = None
+        if self.anchor_kind == "zero":
+            anchor = jnp.zeros(problem.state_shape, injection.dtype)
+        elif self.anchor_kind == "injection":
+            anchor = first_step
+        elif self.anchor_kind == "learned":
+            anchor = self.anchor.get_value()
+        feature = first_step if isinstance(self.prior, _priors.Quadratic) else None
+        z, info = optjax.equilibrium(
+            problem, injection, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
+            backward=self.backward, feature=feature, anchor=anchor, certify=self.certify,
+        )
+        self.info.set_value(info)
+        if self.output == "s":
+            return self.activation(jax.vmap(lambda zi: linear_map.apply(weight, zi))(z) + injection)
+        return z
+
+
+class OptEqDense(_OptEqBase):
+    """Dense OptEq layer: ``x (B, in_features) -> z* (B, features)`` (or ``s* (B, hidden)``).
+
+    Args:
+      in_features, features: sizes of x and of the equilibrium z.
+      hidden: rows of W (the width of sigma's argument); default ``2 * features``.
+      activation: a registry name or :class:`optjax.Activation` (a proximal operator).
+      rho: the bound on ``||W||`` kept by the reparametrisation (< 1: strongly convex).
+      solver, tol, max_steps, backward: passed to :func:`optjax.equilibrium`.
+      output: ``"z"`` (the minimiser) or ``"s"`` (``sigma(W z* + U x + b)``).
+      prior, anchor: see the module docstring.
+      certify: compute the exact ``||W||`` each call, for the certificate, the convexity check
+        and an exact ``||W|| <= rho`` (without it the bound rests on the power iteration).
+      compute_dtype: e.g. ``jnp.bfloat16`` to evaluate T in mixed precision.
+    """
+
+    def __init__(self, in_features: int, features: int, hidden: int | None = None, *,
+                 activation="relu", rho: float = 0.95, solver: str | None = None,
+                 tol: float = 1e-4, max_steps: int = 100, backward="auto", output: str = "z",
+                 prior=None, anchor=None, certify: bool = True, compute_dtype=None,
+                 power_steps: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        hidden = hidden or 2 * features
+        self.in_features, self.features, self.hidden = in_features, features, hidden
+        k1, k2 = jax.random.split(rngs.params())
+        self.weight = nnx.Param(jax.random.normal(k1, (hidden, features), param_dtype) / jnp.sqrt(features))
+        self.input_weight = nnx.Param(
+            jax.random.normal(k2, (hidden, in_features), param_dtype) / jnp.sqrt(in_features))
+        self.bias = nnx.Param(jnp.zeros((hidden,), param_dtype))
+        self._setup(activation=activation, rho=rho, solver=solver, tol=tol, max_steps=max_steps,
+                    backward=backward, output=output, prior=prior, anchor=anchor, certify=certify,
+                    compute_dtype=compute_dtype, power_steps=power_steps,
+                    state_shape=(features,), param_dtype=param_dtype, rngs=rngs)
+
+    def _raw_weight(self):
+        return self.weight.get_value()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"OptEqDense expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
+            )
+        injection = x @ self.input_weight.get_value().T + self.bias.get_value()
+        return self._solve(self.used_weight(), injection)
+
+
+class OptEqConv(_OptEqBase):
+    """Convolutional OptEq layer: ``x (B, H, W, in_channels) -> z* (B, H, W, channels)`` (or
+    ``s* (B, H, W, hidden)``), W a ``kernel_size`` convolution ``channels -> hidden``.
+
+    Arguments as :class:`OptEqDense`, plus ``spatial = (H, W)``, ``kernel_size`` (odd) and
+    ``padding`` (``"zeros"``: the norm is a certified FFT upper bound; ``"circular"``: exact).
+    """
+
+    def __init__(self, in_channels: int, channels: int, spatial: Sequence[int],
+                 hidden: int | None = None, *, kernel_size: int = 3, padding: str = "zeros",
+                 activation="relu", rho: float = 0.95, solver: str | None = None,
+                 tol: float = 1e-3, max_steps: int = 100, backward="auto", output: str = "z",
+                 prior=None, anchor=None, certify: bool = True, compute_dtype=None,
+                 power_steps: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        hidden = hidden or 2 * channels
+        self.in_channels, self.channels, self.hidden = in_channels, channels, hidden
+        self.spatial = tuple(int(s) for s in spatial)
+        self.padding = padding
+        k = kernel_size
+        fan = k * k * channels
+        self.kernel = nnx.Param(
+            jax.random.normal(rngs.params(), (k, k, channels, hidden), param_dtype) / jnp.sqrt(fan))
+        self.injection = nnx.Conv(in_channels, hidden, (k, k), padding="SAME",
+                                  param_dtype=param_dtype, rngs=rngs)
+        self._setup(activation=activation, rho=rho, solver=solver, tol=tol, max_steps=max_steps,
+                    backward=backward, output=output, prior=prior, anchor=anchor, certify=certify,
+                    compute_dtype=compute_dtype, power_steps=power_steps,
+                    state_shape=self.spatial + (channels,), param_dtype=param_dtype, rngs=rngs)
+
+    def _raw_weight(self):
+        return Conv2D(self.kernel.get_value(), self.spatial, self.padding)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        want = self.spatial + (self.in_channels,)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"OptEqConv expects x of shape (batch,) + {want} (channels last); got "
+                f"{tuple(x.shape)}" + (
+                    f": {x.shape[-1]} input channels, the layer was built for {self.in_channels}"
+                    if x.ndim == 4 and x.shape[-1] != self.in_channels else "")
+            )
+        return self._solve(self.used_weight(), self.injection(x))

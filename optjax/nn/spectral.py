@@ -1,0 +1,56 @@
+r"""Norm control that keeps the convexity guarantee: :math:`\|W\| \le \rho`.
+
+The used weight is :math:`W = \min(1, \rho / \hat\sigma)\, V`, with :math:`\hat\sigma` a power
+iteration estimate of :math:`\|V\|` whose vector persists between calls (one step per call, as in
+spectral normalisation, Miyato et al. 2018) and is updated in training mode only
+(``use_running_average=False``, set by ``module.train()`` / ``module.eval()``). The estimate is a
+lower bound, so :math:`\|W\|` can exceed :math:`\rho` by the estimate's error: with
+``certify=True`` (the default) the layers compute the exact or certified norm of the result
+(:func:`certified_norm`), which the certificate needs anyway, and rescale once more by
+:math:`\min(1, \rho / \|W\|)`, so the bound is exact; with ``certify=False`` it rests on the
+power iteration. Gradients flow through both scales, so they are the true gradients of the
+normalised layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from optjax import linear_map
+
+__all__ = ["PowerIterationState", "power_step", "normalize", "certified_norm"]
+
+
+class PowerIterationState(nnx.BatchStat):
+    """The persistent right singular vector estimate (a running statistic, not a parameter)."""
+
+
+def _unit(v):
+    return v / (jnp.sqrt(jnp.sum(v * v)) + 1e-30)
+
+
+def power_step(weight, v: jax.Array, steps: int = 1) -> tuple[jax.Array, jax.Array]:
+    r"""``steps`` power iterations on :math:`V^\top V` from ``v``; returns the new unit vector
+    (no gradient) and :math:`\hat\sigma = \|V v\|`, differentiable in V with v held fixed
+    (its derivative is :math:`u v^\top`, :math:`u = Vv/\|Vv\|`, as in spectral normalisation)."""
+    frozen = jax.lax.stop_gradient(weight)
+    for _ in range(steps):
+        v = _unit(linear_map.transpose(frozen, linear_map.apply(frozen, v)))
+    v = jax.lax.stop_gradient(v)
+    sigma = jnp.sqrt(jnp.sum(linear_map.apply(weight, v) ** 2))
+    return v, sigma
+
+
+def normalize(weight, sigma_hat, rho: float):
+    r""":math:`\min(1, \rho / \hat\sigma)\, V` for a dense array or a linear-map pytree."""
+    scale = jnp.minimum(1.0, rho / jnp.maximum(sigma_hat, 1e-30))
+    return jax.tree_util.tree_map(lambda a: a * scale.astype(a.dtype), weight)
+
+
+def certified_norm(weight) -> jax.Array:
+    """Exact ``||W||`` for a dense W (eigenvalues of the Gram matrix), the map's own certified
+    value otherwise (e.g. the FFT bound of a convolution); differentiable where the top singular
+    value is simple."""
+    return linear_map.spectral_norm(weight)

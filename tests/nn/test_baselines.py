@@ -1,0 +1,391 @@
+"""Baseline implicit layers (DEQ, monDEQ; dense and convolutional): shapes, equilibria checked by
+hand, implicit gradients against central finite differences (float64), monotonicity and
+uniqueness of the monDEQ, exact convolution adjoints, nnx.jit / nnx.Sequential, training.
+
+Compilation dominates the run time, so each test compiles as few solves as it can (a layer's
+``info`` changes structure after its first call, which makes ``nnx.jit`` retrace: a second call
+uses an ``nnx.clone`` taken before the first)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from optjax.config import ConfigError
+from optjax.nn.baselines import (
+    DEQConv,
+    DEQDense,
+    MonDEQConv,
+    MonDEQDense,
+    SolveStats,
+    conv2d,
+    conv2d_adjoint,
+    param_count,
+)
+
+F64 = dict(param_dtype=jnp.float64, tol=1e-12, max_steps=5000)
+
+
+@nnx.jit
+def _call(layer, x, init=None):
+    return layer(x, init=init)
+
+
+def _normal(seed, shape, dtype=jnp.float64, scale=1.0):
+    return scale * jax.random.normal(jax.random.PRNGKey(seed), shape, dtype)
+
+
+def _f32(x):
+    return jnp.asarray(np.asarray(x), np.float32)
+
+
+def _dense_input(batch=3, n=4, seed=1):
+    return _normal(seed, (batch, n), scale=0.5)
+
+
+def _conv_input(batch=2, hw=(4, 5), channels=2, seed=1):
+    return _normal(seed, (batch,) + hw + (channels,), scale=0.5)
+
+
+def _width(layer):
+    return layer.features if hasattr(layer, "features") else layer.channels
+
+
+# --- maps written by hand, from the parameters ---------------------------------------------------
+
+
+def _deq_dense_map(layer, x, z):
+    v = layer.weight[...]
+    w = layer.gain[...][:, None] * v / jnp.linalg.norm(v, axis=1, keepdims=True)
+    return jnp.tanh(z @ w.T + x @ layer.input_weight[...].T + layer.bias[...])
+
+
+def _deq_conv_map(layer, x, z):
+    v = layer.kernel[...]
+    k = layer.gain[...] * v / jnp.sqrt(jnp.sum(v**2, axis=(0, 1, 2)))
+    return jnp.tanh(conv2d(z, k) + conv2d(x, layer.input_kernel[...]) + layer.bias[...])
+
+
+def _mon_dense_matrix(layer):
+    a, b = layer.weight_a[...], layer.weight_b[...]
+    return (1 - layer.m) * jnp.eye(a.shape[0]) - a.T @ a + b - b.T
+
+
+def _mon_dense_map(layer, x, z):
+    w = _mon_dense_matrix(layer)
+    return jax.nn.relu(z @ w.T + x @ layer.input_weight[...].T + layer.bias[...])
+
+
+def _mon_conv_map(layer, x, z):
+    ka, kb = layer.kernel_a[...], layer.kernel_b[...]
+    (a_adjoint,) = jax.linear_transpose(lambda v: conv2d(v, ka), z)(conv2d(z, ka))
+    (b_adjoint,) = jax.linear_transpose(lambda v: conv2d(v, kb), z)(z)
+    wz = (1 - layer.m) * z - a_adjoint + conv2d(z, kb) - b_adjoint
+    return jax.nn.relu(wz + conv2d(x, layer.input_kernel[...]) + layer.bias[...])
+
+
+def _conv_matrix(layer, spatial):
+    """W of a MonDEQConv as a dense matrix on flattened (H, W, C) feature maps."""
+    shape = tuple(spatial) + (layer.channels,)
+    n = int(np.prod(shape))
+    return jax.jacfwd(layer.apply_weight)(jnp.zeros(shape, jnp.float64)).reshape(n, n)
+
+
+# The DEQ cases use tanh: relu with the core's Anderson can hit NaN (see the xfail test below).
+CASES = {
+    "deq_dense": (
+        lambda **kw: DEQDense(4, 6, activation="tanh", rngs=nnx.Rngs(0), **kw),
+        _dense_input,
+        _deq_dense_map,
+    ),
+    "deq_conv": (
+        lambda **kw: DEQConv(2, 3, activation="tanh", rngs=nnx.Rngs(0), **kw),
+        _conv_input,
+        _deq_conv_map,
+    ),
+    "mon_dense": (
+        lambda **kw: MonDEQDense(4, 6, rngs=nnx.Rngs(0), **kw),
+        _dense_input,
+        _mon_dense_map,
+    ),
+    "mon_conv": (
+        lambda **kw: MonDEQConv(2, 3, rngs=nnx.Rngs(0), **kw),
+        _conv_input,
+        _mon_conv_map,
+    ),
+}
+
+
+# --- float32, under nnx.jit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_shapes_and_info_float32_under_jit(name):
+    make, make_x, _ = CASES[name]
+    with jax.enable_x64(False):  # float32 as users run it (see the x64 xfail test below)
+        layer = make()
+        assert layer.info.get_value() is None
+        x = _f32(make_x())
+        z = _call(layer, x)
+    assert z.dtype == jnp.float32
+    assert z.shape == x.shape[:-1] + (_width(layer),)
+    info = layer.info.get_value()
+    assert isinstance(info, SolveStats)
+    for leaf in info:
+        assert leaf.shape == (x.shape[0],)
+    assert bool(jnp.all(info.converged))
+    assert bool(jnp.all(info.residual <= layer.tol))
+
+
+def test_in_sequential_under_jit():
+    with jax.enable_x64(False):
+        model = nnx.Sequential(
+            DEQDense(4, 6, activation="tanh", rngs=nnx.Rngs(0)), nnx.Linear(6, 2, rngs=nnx.Rngs(1))
+        )
+        x = _f32(_dense_input(batch=5))
+        eager = nnx.clone(model)(x)
+        out = nnx.jit(lambda m, x: m(x))(model, x)
+    assert out.shape == (5, 2)
+    info = model.layers[0].info.get_value()
+    assert info.steps.shape == (5,) and bool(jnp.all(info.converged))
+    np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_deq_reports_non_convergence():
+    with jax.enable_x64(False):
+        layer = DEQDense(4, 6, max_steps=3, rngs=nnx.Rngs(0))
+        layer.gain.set_value(jnp.full((6,), 3.0, jnp.float32))  # ||W|| ~ 6: no contraction
+        layer(_f32(_dense_input(batch=4)))
+    info = layer.info.get_value()
+    assert not bool(jnp.any(info.converged))
+    assert bool(jnp.all(info.steps == 3))
+
+
+def test_training_reduces_the_loss():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4))
+    labels = jnp.asarray((x[:, 0] * x[:, 1] + 0.5 * x[:, 2] > 0).astype(np.int32))
+    with jax.enable_x64(False):
+        x = _f32(x)
+        model = nnx.Sequential(MonDEQDense(4, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        @nnx.jit
+        def step(model, optimizer):
+            loss, grads = nnx.value_and_grad(loss_fn)(model)
+            optimizer.update(model, grads)
+            return loss
+
+        losses = [float(step(model, optimizer)) for _ in range(20)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+    info = model.layers[0].info.get_value()
+    assert info.steps.shape == (32,) and bool(jnp.all(jnp.isfinite(info.residual)))
+
+
+# --- float64: the equilibrium by hand, gradients by finite differences ---------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_equilibrium_and_gradients(name, seed=3, h=1e-5):
+    make, make_x, by_hand = CASES[name]
+    layer = make(**F64)
+    x = make_x()
+    target = _normal(seed, x.shape[:-1] + (_width(layer),))
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    @jax.jit
+    @functools.partial(jax.value_and_grad, argnums=(0, 1), has_aux=True)
+    def loss(p, x):
+        layer = nnx.merge(graphdef, p, rest, copy=True)  # fresh variables for this trace
+        z = layer(x)
+        return jnp.sum(target * z) + 0.1 * jnp.sum(z**2), (z, layer.info.get_value())
+
+    (_, (z, info)), (g_params, g_x) = loss(params, x)
+
+    # z is a fixed point of the layer's map, written by hand.
+    assert z.dtype == jnp.float64
+    assert bool(jnp.all(info.converged))
+    residual = jnp.sqrt(jnp.sum((z - by_hand(layer, x, z)) ** 2, axis=tuple(range(1, z.ndim))))
+    assert float(jnp.max(residual)) < 1e-10, residual
+    assert float(jnp.max(jnp.abs(z))) > 1e-2  # not trivially 0
+
+    # Directional derivative along random directions in every parameter and in x.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves) + 1)
+    direction = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)]
+    )
+    dx = jax.random.normal(keys[-1], x.shape, x.dtype)
+    analytic = sum(
+        jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g_params), jax.tree.leaves(direction))
+    ) + jnp.vdot(g_x, dx)
+    shift = lambda s: jax.tree.map(lambda p, d: p + s * h * d, params, direction)  # noqa: E731
+    numeric = (loss(shift(1), x + h * dx)[0][0] - loss(shift(-1), x - h * dx)[0][0]) / (2 * h)
+    np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-5)
+    assert abs(float(analytic)) > 1e-3
+
+
+def test_deq_without_weight_norm():
+    layer = DEQDense(4, 6, activation="tanh", weight_norm=False, rngs=nnx.Rngs(0), **F64)
+    assert layer.gain is None
+    x = _dense_input()
+    z = _call(layer, x)
+    w = layer.weight[...]
+    by_hand = jnp.tanh(z @ w.T + x @ layer.input_weight[...].T + layer.bias[...])
+    np.testing.assert_allclose(z, by_hand, atol=1e-10)
+
+
+def test_warm_start():
+    layer = CASES["deq_dense"][0](**F64)
+    twin = nnx.clone(layer)  # same structure (info None) for the second call: no retrace
+    x = _dense_input()
+    z = _call(layer, x)
+    z_warm = _call(twin, x, z)
+    np.testing.assert_allclose(z_warm, z, atol=1e-10)
+    steps_cold, steps_warm = layer.info.get_value().steps, twin.info.get_value().steps
+    assert bool(jnp.all(steps_warm < steps_cold))
+
+
+# --- known problems of the core, kept visible -----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core Anderson (ridge 1e-30): when the residual history spans fewer than `history` "
+    "dimensions (relu with few active units) its bordered Gram system is singular and the "
+    "extrapolation is NaN",
+)
+def test_relu_deq_with_default_anderson_stays_finite():
+    layer = DEQDense(4, 6, rngs=nnx.Rngs(0), **F64)
+    layer.bias.set_value(layer.bias[...] + 0.3)
+    z = _call(layer, _dense_input())
+    assert bool(jnp.all(jnp.isfinite(z)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="jaxopt's Anderson builds float64 constants when x64 is enabled, so float32 states "
+    "fail there (cond branches differ in dtype)",
+)
+def test_float32_anderson_with_x64_enabled():
+    layer = DEQDense(4, 6, rngs=nnx.Rngs(0))
+    layer(_f32(_dense_input()))
+
+
+# --- monDEQ structure ---------------------------------------------------------------------------
+
+
+def _mondeq(conv, seed=1, **kw):
+    if conv:
+        return MonDEQConv(2, 3, rngs=nnx.Rngs(seed), **F64, **kw)
+    return MonDEQDense(4, 7, rngs=nnx.Rngs(seed), **F64, **kw)
+
+
+def _scale_params(layer, factor):
+    """Large random A, B: monotonicity must hold for any parameters, not only at init."""
+    for name in ("weight_a", "weight_b", "kernel_a", "kernel_b"):
+        if hasattr(layer, name):
+            var = getattr(layer, name)
+            var.set_value(var[...] * factor)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+def test_mondeq_is_strongly_monotone_and_step_size(conv):
+    layer = _mondeq(conv)
+    spatial = (3, 4)
+    for factor in (1.0, 30.0):
+        _scale_params(layer, factor)
+        w = _conv_matrix(layer, spatial) if conv else _mon_dense_matrix(layer)
+        i_w = jnp.eye(w.shape[0]) - w
+        sym = 0.5 * (i_w + i_w.T)
+        assert float(jnp.min(jnp.linalg.eigvalsh(sym))) >= layer.m - 1e-10
+        assert float(jnp.linalg.norm(i_w - i_w.T)) > 1e-3  # W is not symmetric
+    if not conv:
+        np.testing.assert_allclose(layer.effective_weight(), w, atol=1e-12)
+    # alpha = m / ||I - W||^2: exact for dense, power iteration (from below) for conv; any
+    # alpha < 2 m / ||I - W||^2 converges.
+    exact = layer.m / jnp.linalg.norm(i_w, 2) ** 2
+    alpha = layer.step_size(spatial) if conv else layer.step_size()
+    np.testing.assert_allclose(float(alpha), float(exact), rtol=1e-2 if conv else 1e-10)
+    assert float(alpha) < 2 * float(exact)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+def test_mondeq_equilibrium_is_unique(conv):
+    layer = _mondeq(conv, seed=2)
+    x = _conv_input(batch=3) if conv else _dense_input(batch=3)
+    shape = x.shape[:-1] + (_width(layer),)
+    # One solve: every input twice, started from 0 and from far away.
+    inits = jnp.concatenate([jnp.zeros(shape), _normal(7, shape, scale=10.0)])
+    z = _call(layer, jnp.concatenate([x, x]), inits)
+    assert bool(jnp.all(layer.info.get_value().converged))
+    np.testing.assert_allclose(z[:3], z[3:], atol=1e-9)
+    assert float(jnp.max(jnp.abs(z[0] - z[1]))) > 1e-3  # different inputs, different z
+
+
+def test_mondeq_fixed_alpha():
+    layer = MonDEQDense(4, 6, alpha=0.5, rngs=nnx.Rngs(0), **F64)
+    x = _dense_input()
+    z = _call(layer, x)
+    assert float(layer.step_size()) == 0.5
+    np.testing.assert_allclose(z, _mon_dense_map(layer, x, z), atol=1e-10)
+
+
+# --- convolution adjoint ------------------------------------------------------------------------
+
+
+def test_conv_adjoint_is_exact():
+    kernel = _normal(0, (3, 3, 2, 3))
+    x = _normal(1, (5, 6, 2))
+    y = _normal(2, (5, 6, 3))
+    lhs = jnp.vdot(conv2d(x, kernel), y)
+    rhs = jnp.vdot(x, conv2d_adjoint(y, kernel))
+    assert abs(float(lhs - rhs)) <= 1e-12 * max(1.0, abs(float(lhs)))
+    (transposed,) = jax.linear_transpose(lambda v: conv2d(v, kernel), x)(y)
+    np.testing.assert_allclose(conv2d_adjoint(y, kernel), transposed, atol=1e-12)
+    batched = conv2d_adjoint(jnp.stack([y, 2 * y]), kernel)
+    np.testing.assert_allclose(batched[1], 2 * transposed, atol=1e-12)
+
+
+# --- misc ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, count",
+    [
+        (lambda: DEQDense(3, 5, rngs=nnx.Rngs(0)), 25 + 5 + 15 + 5),
+        (lambda: DEQDense(3, 5, weight_norm=False, rngs=nnx.Rngs(0)), 25 + 15 + 5),
+        (lambda: MonDEQDense(3, 5, rngs=nnx.Rngs(0)), 25 + 25 + 15 + 5),
+        (lambda: DEQConv(2, 4, rngs=nnx.Rngs(0)), 144 + 4 + 72 + 4),
+        (lambda: MonDEQConv(2, 4, rngs=nnx.Rngs(0)), 144 + 144 + 72 + 4),
+    ],
+)
+def test_param_count(make, count):
+    assert param_count(nnx.eval_shape(make)) == count
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="shape"):
+        DEQDense(4, 6, rngs=nnx.Rngs(0))(jnp.ones((4,)))
+    with pytest.raises(ValueError, match="shape"):
+        MonDEQConv(2, 3, rngs=nnx.Rngs(0))(jnp.ones((1, 4, 4, 3)))
+    with pytest.raises(TypeError, match="floating"):
+        DEQDense(4, 6, rngs=nnx.Rngs(0))(jnp.ones((2, 4), jnp.int32))
+    with pytest.raises(ConfigError, match="m must"):
+        MonDEQDense(4, 6, m=0.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="alpha"):
+        MonDEQDense(4, 6, alpha=-1.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="activation"):
+        DEQDense(4, 6, activation="nope", rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="solver"):
+        DEQDense(4, 6, solver="newton", rngs=nnx.Rngs(0))
