@@ -26,3 +26,14 @@ def test_benchmark_quick_run_prints_its_tables():
     assert out.returncode == 0, out.stderr
     for needle in ("forward solver", "jaxopt.FixedPointIteration", "unrolled loop", "backward mode"):
         assert needle in out.stdout
+
+
+def test_families_benchmark_quick_run_prints_every_family():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "families.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    for needle in ("opteq dense", "deq dense", "mondeq dense", "deep_opteq dense", "opteq conv",
+                   "deq conv", "mondeq conv"):
+        assert needle in out.stdout

@@ -50,6 +50,7 @@ from optjax import solvers as _solvers
 from optjax.config import ConfigError, positive_int, require
 from optjax.implicit import fixed_point
 from optjax.info import BackwardStats
+from optjax.nn._info import SolverInfo  # shared with the OptEq layers
 
 __all__ = [
     "SolverInfo",
@@ -67,10 +68,6 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 _EXACT_NORM_MAX = 256  # dense monDEQ: exact ||I - W|| (SVD) up to this width, power iteration above
 _WEIGHT_SCALE = 0.4  # DEQ init: rows of W have norm ~0.4, so ||W|| ~ 0.8 for a random square W
 _MON_SCALE = 0.1  # monDEQ init: A, B entries ~ N(0, 0.1^2 / fan_in), so L = ||I - W|| stays small
-
-
-class SolverInfo(nnx.Variable):
-    """The statistics of a layer's last forward solve (a :class:`SolveStats`, or ``None``)."""
 
 
 class SolveStats(NamedTuple):
@@ -122,12 +119,14 @@ def conv2d_adjoint(y: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _resolve_activation(activation) -> Callable:
-    """A callable from a registered optjax activation name, a ``jax.nn`` name, or a callable."""
+    """A callable from a registered optjax activation name (kept as the hashable
+    :class:`~optjax.Activation`, a static attribute under ``nnx.jit``), a ``jax.nn`` name, or a
+    callable."""
     if callable(activation):
         return activation
     if isinstance(activation, str):
         if activation in _activations.available():
-            return _activations.get(activation).prox
+            return _activations.get(activation)
         fn = getattr(jax.nn, activation, None)
         if callable(fn):
             return fn
@@ -137,9 +136,13 @@ def _resolve_activation(activation) -> Callable:
     )
 
 
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _check_settings(owner, tol, max_steps):
     require(
-        isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0,
+        _positive_number(tol),
         f"{owner}.tol must be a positive number, got {tol!r}",
     )
     positive_int(owner, "max_steps", max_steps)
@@ -225,11 +228,11 @@ def _relu_fb_map(apply_w, z, params, c):
 
 def _check_monotone_settings(owner, m, alpha, power_iterations):
     require(
-        isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0,
+        _positive_number(m),
         f"{owner}.m must be a positive number (the monotonicity margin), got {m!r}",
     )
     require(
-        alpha is None or (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0),
+        alpha is None or _positive_number(alpha),
         f"{owner}.alpha must be None (the safe default m / ||I - W||^2) or a positive number, "
         f"got {alpha!r}",
     )
@@ -439,8 +442,11 @@ class MonDEQDense(_Equilibrium):
     :math:`\|z - \operatorname{relu}(z - t\,d)\|/t` nonincreasing, so the residual at
     :math:`t = 1` is at most :math:`\max(1, 1/\alpha)` times the splitting's residual.
 
-    ``A, B`` start with entries :math:`\mathcal N(0, 0.1^2/d)` (small :math:`\|I - W\|`, fast
-    convergence). Other arguments as :class:`DEQDense`; the backward mode is GMRES by default
+    ``A, B`` start with entries :math:`\mathcal N(0, 0.1^2/d)`, so that initially
+    :math:`\|I - W\| \approx 0.3` and about 300 plain steps reach ``tol = 1e-4`` in float32;
+    training usually grows :math:`\|I - W\|` and the step count with it (samples stopped by
+    ``max_steps`` have ``info.converged = False``; ``solver="anderson"`` needs about 3x fewer
+    steps). Other arguments as :class:`DEQDense`; the backward mode is GMRES by default
     (:math:`W` is not symmetric).
     """
 

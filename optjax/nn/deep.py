@@ -25,13 +25,9 @@ from optjax import deep as _deep
 from optjax import solvers as _solvers
 from optjax.config import ConfigError
 
-__all__ = ["DeepOptEq", "SolverInfo"]
+from optjax.nn._info import SolverInfo
 
-
-class SolverInfo(nnx.Variable):
-    """The last call's :class:`optjax.deep.DeepSolveInfo` (``None`` before the first call). A
-    Variable, not a Param: updated inside ``nnx.jit``, ignored by gradients and optimizers.
-    Read it with ``module.info.get_value()``."""
+__all__ = ["DeepOptEq"]
 
 
 class DeepOptEq(nnx.Module):

@@ -91,10 +91,13 @@ class _OptEqBase(nnx.Module):
         if self.certify:
             # The power estimate is a lower bound of ||V||: correct the scale with the certified
             # norm computed for the certificate anyway, so that ||W|| <= rho exactly.
-            norm = certified_norm(weight)
+            # No gradient through this correction: it is 1 + O(estimate error), and
+            # differentiating an exact norm (an SVD per frequency for a convolution) would cost
+            # more than the rest of the backward pass.
+            norm = jax.lax.stop_gradient(certified_norm(weight))
             scale = jnp.minimum(1.0, self.rho / jnp.maximum(norm, 1e-30))
             weight = jax.tree_util.tree_map(lambda a: a * scale.astype(a.dtype), weight)
-            norm = jax.lax.stop_gradient(norm * scale)
+            norm = norm * scale
         problem = optjax.OptEqProblem(weight, self.activation, prior=self.prior, weight_norm=norm,
                                       compute_dtype=self.compute_dtype)
         first_step = None

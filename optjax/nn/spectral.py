@@ -8,8 +8,9 @@ lower bound, so :math:`\|W\|` can exceed :math:`\rho` by the estimate's error: w
 ``certify=True`` (the default) the layers compute the exact or certified norm of the result
 (:func:`certified_norm`), which the certificate needs anyway, and rescale once more by
 :math:`\min(1, \rho / \|W\|)`, so the bound is exact; with ``certify=False`` it rests on the
-power iteration. Gradients flow through both scales, so they are the true gradients of the
-normalised layer.
+power iteration. Gradients flow through the power estimate (with the vector held fixed, as in
+spectral normalisation), not through the certified correction, which is 1 up to the estimate's
+error; at a converged vector the two have the same first derivative.
 """
 
 from __future__ import annotations
