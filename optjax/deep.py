@@ -57,7 +57,7 @@ from optjax import linear_map
 from optjax import solvers as _solvers
 from optjax.config import ConfigError, positive_int, require
 from optjax.implicit import fixed_point
-from optjax.info import BackwardStats, Status
+from optjax.info import BackwardStats, Status, failure_lines
 from optjax.problem import NonconvexError
 
 __all__ = [
@@ -410,26 +410,11 @@ class DeepSolveInfo:
     def failures(self) -> list[str]:
         """One line per sample that did not converge (concrete values only; works with
         :func:`optjax.check`)."""
-        status = np.asarray(self.status)
-        residual = np.asarray(self.residual)
-        steps = np.asarray(self.steps)
-        lines = []
-        for i in np.flatnonzero(status != Status.CONVERGED):
-            code = Status(int(status[i]))
-            if code == Status.MAX_STEPS:
-                why = (
-                    f"not converged after {int(steps[i])} steps: residual {residual[i]:.3e} > "
-                    f"tol {self.tol:.1e}; raise max_steps or loosen tol"
-                )
-            elif code == Status.NONFINITE:
-                why = "NaN or Inf in the input or the iterates; check the input and the weights"
-            else:
-                why = (
-                    f"convexity margin {float(self.margin):.4g} < 0: some layer has "
-                    "||A_(l-1)|| + ||A_l|| > 1; rescale with optjax.deep.normalize"
-                )
-            lines.append(f"sample {int(i)}: {code.name}: {why}")
-        return lines
+        return failure_lines(
+            self.status, self.residual, self.steps, self.tol,
+            nonconvex=f"convexity margin {float(self.margin):.4g} < 0: some layer has "
+            "||A_(l-1)|| + ||A_l|| > 1; rescale with optjax.deep.normalize",
+        )
 
 
 @functools.lru_cache(maxsize=None)

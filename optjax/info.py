@@ -80,26 +80,31 @@ class SolveInfo:
 
     def failures(self) -> list[str]:
         """One line per sample that did not converge (needs concrete values: call outside jit)."""
-        status = np.asarray(self.status)
-        residual = np.asarray(self.residual)
-        steps = np.asarray(self.steps)
-        lines = []
-        for i in np.flatnonzero(status != Status.CONVERGED):
-            code = Status(int(status[i]))
-            if code == Status.MAX_STEPS:
-                why = (
-                    f"not converged after {int(steps[i])} steps: residual {residual[i]:.3e} > "
-                    f"tol {self.tol:.1e}; raise max_steps, loosen tol, or use a faster solver"
-                )
-            elif code == Status.NONFINITE:
-                why = "NaN or Inf in the input or the iterates; check the input and the weights"
-            else:
-                why = (
-                    "the weights break convexity (s_sigma * ||W||^2 > 1); normalise W so that "
-                    "||W|| <= 1"
-                )
-            lines.append(f"sample {int(i)}: {code.name}: {why}")
-        return lines
+        return failure_lines(
+            self.status, self.residual, self.steps, self.tol,
+            nonconvex="the weights break convexity (s_sigma * ||W||^2 > 1); normalise W so that "
+            "||W|| <= 1",
+        )
+
+
+def failure_lines(status, residual, steps, tol: float, *, nonconvex: str) -> list[str]:
+    """Per-sample explanations of the non-converged :class:`Status` codes (concrete arrays);
+    ``nonconvex`` is the model-specific reason for ``Status.NONCONVEX``."""
+    status, residual, steps = np.asarray(status), np.asarray(residual), np.asarray(steps)
+    lines = []
+    for i in np.flatnonzero(status != Status.CONVERGED):
+        code = Status(int(status[i]))
+        if code == Status.MAX_STEPS:
+            why = (
+                f"not converged after {int(steps[i])} steps: residual {residual[i]:.3e} > "
+                f"tol {tol:.1e}; raise max_steps, loosen tol, or use a faster solver"
+            )
+        elif code == Status.NONFINITE:
+            why = "NaN or Inf in the input or the iterates; check the input and the weights"
+        else:
+            why = nonconvex
+        lines.append(f"sample {int(i)}: {code.name}: {why}")
+    return lines
 
 
 def check(info: SolveInfo) -> SolveInfo:

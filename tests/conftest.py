@@ -4,8 +4,6 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import pytest
-
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
