@@ -13,7 +13,6 @@ status codes and the suboptimality certificate.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ from optjax.certificate import make_certificate
 from optjax.config import ConfigError, positive_int, require
 from optjax.implicit import fixed_point
 from optjax.info import BackwardStats, SolveInfo, Status
-from optjax.operator import equilibrium_map
+from optjax.operator import EquilibriumMap
 from optjax.problem import NonconvexError, OptEqProblem, convexity_margin, injection
 
 __all__ = ["equilibrium", "backward_probe"]
@@ -196,9 +195,7 @@ def equilibrium(
         convex = margin >= -64 * jnp.finfo(dtype).eps
 
     probe = backward_probe if backward_probe is not None else BackwardStats.zeros(batch, dtype)
-    map_fn = functools.partial(
-        equilibrium_map, problem.activation, compute_dtype=problem.compute_dtype
-    )
+    map_fn = EquilibriumMap(problem.activation, problem.compute_dtype)
     params = (problem.weight, problem.prior)
     z_star, stats = fixed_point(
         map_fn,

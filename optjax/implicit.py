@@ -71,7 +71,9 @@ def fixed_point(
     r"""Batched fixed point :math:`z^\star_i = S(z^\star_i; \text{params}, \text{data}_i)`.
 
     Args:
-      map_fn: ``map_fn(z, params, data_i)``, the equilibrium map for one sample.
+      map_fn: ``map_fn(z, params, data_i)``, the equilibrium map for one sample. If it has a
+        ``jacobian_transpose(z, params, data_i)`` method returning ``v -> J^T v``, the backward
+        pass uses it instead of ``jax.vjp`` (see :class:`optjax.operator.EquilibriumMap`).
       solver, backward, tol, max_steps: static settings.
       params: pytree shared by the batch (differentiable).
       data: pytree with a leading batch axis (differentiable).
@@ -94,9 +96,15 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
     params, data, z_star, z0, anchor, probe = residuals
     g, _ = cotangents
 
+    structured = getattr(map_fn, "jacobian_transpose", None)
+
     def one(z_i, data_i, g_i):
-        _, vjp_z = jax.vjp(lambda z: map_fn(z, params, data_i), z_i)
-        result = backward.solve(lambda v: vjp_z(v)[0], g_i)
+        if structured is not None:
+            apply_a = structured(z_i, params, data_i)
+        else:
+            _, vjp_z = jax.vjp(lambda z: map_fn(z, params, data_i), z_i)
+            apply_a = lambda v: vjp_z(v)[0]  # noqa: E731
+        result = backward.solve(apply_a, g_i)
         return result.solution, result
 
     v, result = jax.vmap(one)(z_star, data, g)
