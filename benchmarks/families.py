@@ -14,9 +14,7 @@ solver: each family's default; backward: GMRES capped at max_steps).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,17 +23,8 @@ import optax
 from flax import nnx
 
 import optjax
+from _timing import timeit  # benchmarks/ is on sys.path when a script runs
 from optjax.nn.classifiers import build_matched, param_count
-
-
-def timeit(fn, *args, reps):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:

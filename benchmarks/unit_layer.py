@@ -17,9 +17,7 @@ printed as a ratio to a reference measured in the same run (the machines are sha
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 
 import jax
@@ -27,20 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import optjax
+from _timing import timeit  # benchmarks/ is on sys.path when a script runs
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"JAXopt is no longer maintained")
     import jaxopt
-
-
-def timeit(fn, *args, reps: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build(seed, batch, d, n, p, norm, activation):
