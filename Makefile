@@ -4,15 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow bench clean
+.PHONY: run demo test test-slow bench bench-fashion clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train,notebooks]'
 	touch $(STAMP)
 
+# The main job: train the default OptEq model on digits (see `optjax train --help`).
 run: $(STAMP)
+	$(PY) -m optjax train --out-dir runs/digits --overwrite
+
+demo: $(STAMP)
 	$(PY) -m optjax.demo
 
 test: $(STAMP)
@@ -24,5 +28,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/unit_layer.py
 
+bench-fashion: $(STAMP)
+	$(PY) benchmarks/fashion_mnist.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis runs

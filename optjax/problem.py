@@ -137,6 +137,11 @@ def convexity_margin(problem: OptEqProblem) -> jax.Array:
 
 def strong_convexity(problem: OptEqProblem) -> jax.Array:
     r"""The modulus :math:`\mu = 1 - s_\sigma\|W\|^2 + \mu_R` of :math:`G + R`; a value
-    :math:`\le 0` means no strong convexity is certified."""
+    :math:`\le 0` means no strong convexity is certified. A margin within rounding of zero
+    (``0 < 1 - s ||W||^2 <= 64 eps``, e.g. a W normalised to ``||W|| = 1``) counts as zero: it
+    certifies nothing, rather than a modulus of 1e-16 and bounds of 1e30."""
     extra = 0.0 if problem.prior is None else problem.prior.strong_convexity
-    return convexity_margin(problem) + jax.lax.stop_gradient(jnp.asarray(extra))
+    margin = convexity_margin(problem)
+    slack = 64 * jnp.finfo(jnp.result_type(margin, float)).eps
+    margin = jnp.where(margin <= slack, jnp.minimum(margin, 0.0), margin)
+    return margin + jax.lax.stop_gradient(jnp.asarray(extra))

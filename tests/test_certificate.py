@@ -60,6 +60,12 @@ def test_bound_holds_at_the_certified_point_with_a_prior(prior):
 def test_no_modulus_means_no_bound():
     problem, x = random_problem(2, norm=1.0)
     cert = optjax.certificate(problem, jnp.zeros((x.shape[0], 8)), x)
-    assert float(cert.modulus) <= 1e-12
-    # mu = 1 - ||W||^2 is 0 up to rounding: the bound must be infinite or astronomically loose.
-    assert np.all(np.asarray(cert.suboptimality_bound) > 1e6)
+    # mu = 1 - ||W||^2 is 0 up to rounding: nothing is certified, the bounds are infinite.
+    assert float(cert.modulus) <= 0.0
+    assert np.all(np.isinf(np.asarray(cert.suboptimality_bound)))
+    assert np.all(np.isinf(np.asarray(cert.distance_bound)))
+    # ... unless the prior brings its own strong convexity.
+    problem, x = random_problem(2, norm=1.0, prior=priors.Quadratic(0.5))
+    cert = optjax.certificate(problem, jnp.zeros((x.shape[0], 8)), x,
+                              feature=jnp.ones((x.shape[0], 8)))
+    np.testing.assert_allclose(float(cert.modulus), 0.5, rtol=1e-12)

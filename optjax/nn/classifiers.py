@@ -4,7 +4,9 @@
 flattened image, or a convolution) -> 2 x 2 average pooling (convolutional layers) -> dense head``.
 
 Families: ``"opteq"`` (:class:`OptEqDense`, :class:`OptEqConv`), ``"deq"`` (unconstrained DEQ),
-``"mondeq"`` (monotone DEQ), and ``"deep_opteq"`` (:class:`DeepOptEq`, dense only). The same
+``"mondeq"`` (monotone DEQ), ``"deep_opteq"`` (:class:`DeepOptEq`, dense only), and the
+reference ``"explicit"``: the equilibrium layer replaced by two explicit layers
+``relu(A2 relu(U x + b1) + b2)`` (dense: an MLP; conv: a plain two-convolution CNN). The same
 stem, pooling and head for all, so differences come from the equilibrium layer.
 """
 
@@ -17,18 +19,43 @@ import jax
 from flax import nnx
 
 from optjax.config import ConfigError
+from optjax.nn._info import SolverInfo
 from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
 from optjax.nn.deep import DeepOptEq
 from optjax.nn.layers import OptEqConv, OptEqDense
 
-__all__ = ["FAMILIES", "ImplicitClassifier", "matched_width", "build_matched", "param_count"]
+__all__ = ["FAMILIES", "IMPLICIT_FAMILIES", "ExplicitBlock", "ImplicitClassifier", "matched_width",
+           "build_matched", "param_count"]
 
-FAMILIES = ("opteq", "deq", "mondeq", "deep_opteq")
+FAMILIES = ("opteq", "deq", "mondeq", "deep_opteq", "explicit")
+IMPLICIT_FAMILIES = FAMILIES[:4]
 KINDS = ("dense", "conv")
+
+
+class ExplicitBlock(nnx.Module):
+    """Two explicit layers ``relu(A2 relu(U x + b1) + b2)``, dense or 3 x 3 convolutions (same
+    size): the reference that the equilibrium layers replace. ``info`` is always None."""
+
+    def __init__(self, kind: str, in_size: int, width: int, *, rngs: nnx.Rngs):
+        if kind == "dense":
+            self.first = nnx.Linear(in_size, width, rngs=rngs)
+            self.second = nnx.Linear(width, width, rngs=rngs)
+        else:
+            self.first = nnx.Conv(in_size, width, (3, 3), padding="SAME", rngs=rngs)
+            self.second = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
+        self.info = SolverInfo(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.second(nnx.relu(self.first(x))))
 
 
 def _layer(family, kind, input_shape, width, rngs, options):
     h, w, c = input_shape
+    if family == "explicit":
+        if options:
+            raise ConfigError(
+                f"the explicit family has no solver options; got {', '.join(sorted(options))}")
+        return ExplicitBlock(kind, h * w * c if kind == "dense" else c, width, rngs=rngs)
     if kind == "dense":
         d = h * w * c
         if family == "opteq":
@@ -76,7 +103,7 @@ class ImplicitClassifier(nnx.Module):
 
     @property
     def info(self):
-        """The equilibrium layer's statistics from the last call."""
+        """The equilibrium layer's statistics from the last call (None for ``"explicit"``)."""
         return self.layer.info.get_value()
 
     def __call__(self, x: jax.Array) -> jax.Array:

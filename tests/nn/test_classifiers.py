@@ -13,7 +13,9 @@ import optjax
 from optjax.nn.classifiers import ImplicitClassifier, build_matched, matched_width, param_count
 
 CASES = [("opteq", "dense"), ("opteq", "conv"), ("deq", "dense"), ("deq", "conv"),
-         ("mondeq", "dense"), ("mondeq", "conv"), ("deep_opteq", "dense")]
+         ("mondeq", "dense"), ("mondeq", "conv"), ("deep_opteq", "dense"),
+         ("explicit", "dense"), ("explicit", "conv")]
+IMPLICIT_CASES = [case for case in CASES if case[0] != "explicit"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def _train_fifty_steps(digits, family, kind):
     x_all, y_all = digits
     # A loose tolerance and step caps, forward and backward, as in training practice; the same
     # for every family.
-    model = build_matched(family, kind, (8, 8, 1), 10, 6000, rngs=nnx.Rngs(0), tol=1e-3,
-                          max_steps=50, backward=optjax.backward.GMRES(max_steps=30))
+    options = {} if family == "explicit" else dict(
+        tol=1e-3, max_steps=50, backward=optjax.backward.GMRES(max_steps=30))
+    model = build_matched(family, kind, (8, 8, 1), 10, 6000, rngs=nnx.Rngs(0), **options)
     count = param_count(model)
     assert 4500 <= count <= 6000
     opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
@@ -56,7 +59,7 @@ def _train_fifty_steps(digits, family, kind):
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     info = model.info
-    assert info is not None
+    assert (info is None) == (family == "explicit")
 
 
 def test_matched_counts_are_close_and_below_the_target():
@@ -68,6 +71,8 @@ def test_matched_counts_are_close_and_below_the_target():
 def test_bad_family_kind_and_input_are_refused():
     with pytest.raises(optjax.ConfigError, match="unknown family"):
         ImplicitClassifier("resnet", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(optjax.ConfigError, match="no solver options"):
+        ImplicitClassifier("explicit", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0), tol=1e-3)
     with pytest.raises(optjax.ConfigError, match="dense only"):
         ImplicitClassifier("deep_opteq", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     model = ImplicitClassifier("opteq", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))

@@ -1,0 +1,21 @@
+"""Training and evaluating classifiers built on optjax layers: the ``optjax train`` and
+``optjax eval`` commands as functions.
+
+* :class:`TrainConfig` (:mod:`optjax.train.config`): every option, typed, frozen, unknown keys
+  refused;
+* :func:`train` (:mod:`optjax.train.loop`): a jit-compiled, data-parallel AdamW run with metrics
+  (JSON lines), orbax checkpoints, exact resumption and plots;
+* :func:`evaluate` (:mod:`optjax.train.evaluate`): accuracy and certificate statistics of a
+  saved run;
+* the pure steps (:mod:`optjax.train.step`), sharding helpers (:mod:`optjax.train.sharding`),
+  checkpoints (:mod:`optjax.train.checkpoint`).
+"""
+
+from optjax.train.checkpoint import CheckpointError, Checkpoints
+from optjax.train.config import TrainConfig
+from optjax.train.evaluate import EvalReport, evaluate
+from optjax.train.loop import TrainResult, prepare, train
+from optjax.train.metrics import read_metrics
+
+__all__ = ["CheckpointError", "Checkpoints", "EvalReport", "TrainConfig", "TrainResult",
+           "evaluate", "prepare", "read_metrics", "train"]

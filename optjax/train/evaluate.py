@@ -1,0 +1,150 @@
+"""Evaluation over a whole split: accuracy, loss, and for OptEq models the certificate
+statistics (largest suboptimality bound, share of samples converged)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from optjax.train import sharding
+
+__all__ = ["EvalReport", "evaluate_split", "summarize"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport:
+    """Summary of one evaluation (``per_sample`` holds the arrays it was computed from).
+
+    Attributes:
+      accuracy, loss: over the split.
+      steps_mean, steps_max: forward solver steps.
+      residual_max: largest final residual.
+      converged: share of samples whose solve reached ``tol``.
+      bound_max, bound_median: largest and median certified bound on ``F(z) - F*`` (NaN for
+        families without a certificate).
+      certified: share of samples with a finite certificate.
+    """
+
+    accuracy: float
+    loss: float
+    num_samples: int
+    steps_mean: float
+    steps_max: float
+    residual_max: float
+    converged: float
+    bound_max: float
+    bound_median: float
+    certified: float
+    per_sample: dict[str, np.ndarray] = dataclasses.field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("per_sample")
+        return out
+
+    def lines(self) -> list[str]:
+        out = [f"accuracy {100 * self.accuracy:.2f}% ({self.num_samples} samples), loss "
+               f"{self.loss:.4f}",
+               f"forward steps mean {self.steps_mean:.1f}, max {self.steps_max:.0f}; largest "
+               f"residual {self.residual_max:.2e}; converged {100 * self.converged:.1f}%"]
+        if self.certified > 0:
+            out.append(f"certificate F(z) - F* <= r^2/(2 mu): largest {self.bound_max:.2e}, "
+                       f"median {self.bound_median:.2e} ({100 * self.certified:.1f}% certified)")
+        else:
+            out.append("certificate: none (only OptEq layers have one)")
+        return out
+
+    def save(self, path: str | pathlib.Path) -> pathlib.Path:
+        path = pathlib.Path(path)
+        clean = {k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v))
+                 for k, v in self.to_dict().items()}
+        path.write_text(json.dumps(clean, indent=1) + "\n")
+        return path
+
+
+def evaluate_split(eval_step, state, x: np.ndarray, y: np.ndarray, batch_size: int,
+                   mesh) -> dict[str, np.ndarray]:
+    """Per-sample outputs of ``eval_step`` over all of ``(x, y)``: the last batch is padded
+    (and the padding dropped), batches are sharded over ``mesh``."""
+    devices = mesh.devices.size
+    batch = -(-batch_size // devices) * devices  # round up to a multiple of the devices
+    n = len(y)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        idx = np.arange(start, start + batch)
+        idx = np.minimum(idx, n - 1)  # pad with copies of the last sample
+        rows = sharding.process_rows(batch)
+        xb, yb = sharding.global_batch(mesh, x[idx][rows], y[idx][rows])
+        out = eval_step(state, xb, yb)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            out = multihost_utils.process_allgather(out, tiled=True)
+        keep = min(batch, n - start)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[:keep])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def summarize(per_sample: dict[str, np.ndarray]) -> EvalReport:
+    bounds = per_sample["suboptimality_bound"]
+    finite = bounds[np.isfinite(bounds)]
+    return EvalReport(
+        accuracy=float(per_sample["correct"].mean()),
+        loss=float(per_sample["loss"].mean()),
+        num_samples=int(per_sample["correct"].size),
+        steps_mean=float(per_sample["steps"].mean()),
+        steps_max=float(per_sample["steps"].max()),
+        residual_max=float(per_sample["residual"].max()),
+        converged=float(per_sample["converged"].mean()),
+        bound_max=float(finite.max()) if finite.size else math.nan,
+        bound_median=float(np.median(finite)) if finite.size else math.nan,
+        certified=float(finite.size / bounds.size),
+        per_sample=per_sample,
+    )
+
+
+def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str = "test",
+             data_dir: str | None = None, batch_size: int | None = None) -> EvalReport:
+    """Evaluate the checkpoint of a run in ``out_dir`` (the latest, or ``step``) on ``split``
+    (``"test"`` or ``"train"``), with the configuration the run was trained with."""
+    from optjax.config import ConfigError
+    from optjax.train.checkpoint import CheckpointError, Checkpoints
+    from optjax.train.config import TrainConfig
+    from optjax.train.loop import prepare
+
+    if split not in ("test", "train"):
+        raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+    out = pathlib.Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{out} holds no checkpoints ({ckpt_dir} is missing): train there "
+                              "first with optjax train --out-dir " + str(out))
+    # The run's configuration comes from the checkpoint itself.
+    probe = Checkpoints(ckpt_dir, TrainConfig(out_dir=str(out)))
+    chosen = step if step is not None else probe.latest_step()
+    if chosen is None:
+        raise CheckpointError(f"no checkpoint in {ckpt_dir}: train there first")
+    saved = probe.read_meta(chosen).get("config")
+    try:
+        config = TrainConfig.from_dict(saved)
+    except (TypeError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint {probe.path(chosen)} has an unusable configuration "
+                              f"record ({err})") from None
+    changes = dict(out_dir=str(out), progress=False)
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if batch_size is not None:
+        changes["eval_batch_size"] = batch_size
+    config = config.replace(**changes)
+    run = prepare(config)
+    state, _ = Checkpoints(ckpt_dir, config).restore(run.state, chosen,
+                                                     sharding=sharding.replicated(run.mesh))
+    x, y = (run.data.x_test, run.data.y_test) if split == "test" else \
+        (run.data.x_train, run.data.y_train)
+    return summarize(evaluate_split(run.eval_step, state, x, y, config.eval_batch_size, run.mesh))

@@ -1,0 +1,79 @@
+"""Metrics as JSON lines: one object per line with an ``"event"``, appended as training goes, so
+a crash loses nothing already written.
+
+* ``"step"``: ``step`` (steps done), ``epoch``, ``loss``, ``accuracy``, ``learning_rate``,
+  ``grad_norm``, forward solver ``steps`` (batch mean) and ``steps_max``, ``residual`` (batch
+  max), ``converged`` (share of the batch);
+* ``"epoch"``: the same averaged over the epoch (``steps_max``, ``residual``: maxima), ``time``
+  (seconds of training steps, without the test evaluation and the checkpoint), ``test_loss``,
+  ``test_accuracy``, ``test_steps``, ``test_converged``;
+* ``"eval"``: the final :class:`optjax.train.EvalReport` of the test set.
+
+Non-finite numbers are written as the strings ``"nan"``, ``"inf"`` (JSON has none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Iterable
+
+__all__ = ["MetricsLog", "read_metrics"]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe value: numpy/jax scalars to Python numbers, non-finite floats to strings
+    (JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "size", 1) == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf"
+    return value
+
+
+class MetricsLog:
+    """Appends records to ``path``. ``keep_until_step`` drops records of later steps already in
+    the file (a resumed run rewrites what happened after its checkpoint)."""
+
+    def __init__(self, path: str | pathlib.Path, *, keep_until_step: int | None = None,
+                 fresh: bool = False):
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh or not self.path.exists():
+            self.path.write_text("")
+        elif keep_until_step is not None:
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_until_step
+                    and r.get("event") != "eval"]
+            self.path.write_text("".join(json.dumps(_plain(r)) + "\n" for r in kept))
+
+    def write(self, event: str, **record: Any) -> dict[str, Any]:
+        record = {"event": event, **_plain(record)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+
+def read_metrics(path: str | pathlib.Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics file (only those of ``event`` if given); "nan"/"inf" strings
+    come back as floats."""
+    records = []
+    for n, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {n}: not a JSON object ({err})") from None
+        record = {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in record.items()}
+        if event is None or record.get("event") == event:
+            records.append(record)
+    return records
+
+
+def epochs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("event") == "epoch"]

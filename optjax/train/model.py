@@ -1,0 +1,67 @@
+"""The classifier of a run, built from its :class:`TrainConfig`, and the per-sample solve
+statistics every family reports in the same form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from optjax import backward as _backward
+from optjax.info import SolveInfo
+from optjax.nn.classifiers import ImplicitClassifier
+from optjax.train.config import TrainConfig
+
+__all__ = ["build_model", "layer_options", "solve_stats", "STAT_NAMES"]
+
+
+def layer_options(config: TrainConfig) -> dict[str, Any]:
+    """The equilibrium layer's keyword options for the configured family."""
+    if config.family == "explicit":
+        return {}
+    if config.backward == "auto":
+        backward = "auto"
+    elif config.backward == "phantom":
+        backward = _backward.get("phantom", steps=config.backward_steps)
+    else:
+        options = {"max_steps": config.backward_steps}
+        if config.backward_tol is not None:
+            options["tol"] = config.backward_tol
+        backward = _backward.get(config.backward, **options)
+    options = dict(tol=config.tol, max_steps=config.max_steps, backward=backward)
+    if config.solver is not None:
+        options["solver"] = config.solver
+    if config.family in ("opteq", "deep_opteq", "deq"):
+        options["activation"] = config.activation
+    if config.family in ("opteq", "deep_opteq"):
+        options["rho"] = config.rho
+    if config.family == "opteq":
+        options["certify"] = config.certify
+    return options
+
+
+def build_model(config: TrainConfig, input_shape, num_classes: int) -> ImplicitClassifier:
+    """A fresh classifier; its initialisation depends only on ``config.seed``."""
+    return ImplicitClassifier(config.family, config.kind, input_shape, num_classes, config.width,
+                              rngs=nnx.Rngs(config.seed), **layer_options(config))
+
+
+STAT_NAMES = ("steps", "residual", "converged", "suboptimality_bound")
+
+
+def solve_stats(info, batch: int) -> dict[str, jnp.ndarray]:
+    """Per-sample ``steps``, ``residual``, ``converged`` (0/1) and ``suboptimality_bound``
+    (``F(z) - F* <= r^2 / 2 mu``: OptEq layers only, NaN for the other families) of the last
+    solve; zeros and NaN for an explicit model (``info`` None)."""
+    nan = jnp.full((batch,), jnp.nan, jnp.float32)
+    if info is None:
+        zero = jnp.zeros((batch,), jnp.float32)
+        return dict(steps=zero, residual=zero, converged=zero + 1, suboptimality_bound=nan)
+    bound = info.certificate.suboptimality_bound if isinstance(info, SolveInfo) else nan
+    return dict(
+        steps=jnp.asarray(info.steps, jnp.float32),
+        residual=jnp.asarray(info.residual, jnp.float32),
+        converged=jnp.asarray(info.converged, jnp.float32),
+        suboptimality_bound=jnp.asarray(bound, jnp.float32),
+    )

@@ -1,0 +1,146 @@
+"""The jit-compiled training and evaluation steps, as pure functions of a :class:`TrainState`.
+
+The model is split once into a static graph and three states: parameters (trained), the
+solver-info variables (outputs only, always passed empty) and the rest (the power-iteration
+vectors, updated by training calls). Each step merges them, runs the model, and splits again,
+so nothing is mutated across jit boundaries and a :class:`TrainState` is a plain pytree that
+can be sharded, checkpointed and restored exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from optjax.nn._info import SolverInfo
+from optjax.train import sharding
+from optjax.train.config import TrainConfig
+from optjax.train.model import solve_stats
+
+__all__ = ["TrainState", "ModelParts", "split_model", "make_optimizer", "init_state",
+           "make_train_step", "make_eval_step"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training: ``step`` (int32 scalar, steps taken),
+    ``params``, ``opt_state`` and ``rest`` (non-parameter variables)."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rest: nnx.State
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """The static halves of a split model: graphs for training and evaluation mode, and the
+    (empty) solver-info state."""
+
+    graph: nnx.GraphDef
+    eval_graph: nnx.GraphDef
+    info: nnx.State
+
+    def merge(self, params, rest, *, training: bool):
+        graph = self.graph if training else self.eval_graph
+        return nnx.merge(graph, params, self.info, rest, copy=True)
+
+
+def _split(model):
+    return nnx.split(model, nnx.Param, SolverInfo, ...)
+
+
+def split_model(model: nnx.Module) -> tuple[ModelParts, nnx.State, nnx.State]:
+    """``(parts, params, rest)`` of a model that has not been called yet."""
+    model.train()
+    graph, params, info, rest = _split(model)
+    if jax.tree.leaves(info):
+        raise ValueError("split_model needs a model that has not been called yet (its solver "
+                         "info is set); build a fresh one")
+    model.eval()
+    eval_graph = _split(model)[0]
+    model.train()
+    return ModelParts(graph, eval_graph, info), params, rest
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """``(tx, schedule)``: AdamW with linear warm-up then cosine decay (or constant) of the
+    learning rate, after an optional global-norm clip of the gradient."""
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    peak = config.learning_rate
+    if config.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1))
+    else:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+            [warmup]) if warmup else optax.constant_schedule(peak)
+    adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) \
+        if config.grad_clip is not None else adamw
+    return tx, schedule
+
+
+def init_state(params, rest, tx) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rest=rest)
+
+
+def _forward(parts: ModelParts, params, rest, x, y, training: bool):
+    model = parts.merge(params, rest, training=training)
+    logits = model(x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+    stats = solve_stats(model.info, x.shape[0])
+    new_rest = _split(model)[3]
+    return losses, logits, stats, new_rest
+
+
+def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh) -> Callable:
+    """``step(state, x, y) -> (state, metrics)``, jit-compiled with the batch sharded over
+    ``mesh`` and the state replicated. Metrics (scalars): loss, accuracy, learning_rate,
+    grad_norm, forward steps mean and max, residual max, converged share."""
+
+    def loss_fn(params, rest, x, y):
+        losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True)
+        return losses.mean(), (logits, stats, new_rest)
+
+    def step(state: TrainState, x, y):
+        (loss, (logits, stats, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.rest, x, y)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(
+            loss=loss,
+            accuracy=jnp.mean(jnp.argmax(logits, -1) == y),
+            learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+            grad_norm=optax.tree.norm(grads),
+            steps=jnp.mean(stats["steps"]),
+            steps_max=jnp.max(stats["steps"]),
+            residual=jnp.max(stats["residual"]),
+            converged=jnp.mean(stats["converged"]),
+        )
+        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rest=rest)
+        return new, metrics
+
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl))
+
+
+def make_eval_step(parts: ModelParts, mesh) -> Callable:
+    """``evaluate(state, x, y) -> per-sample dict`` (loss, correct, prediction and the
+    :func:`solve_stats`), in evaluation mode (the power-iteration state is not updated)."""
+
+    def evaluate(state: TrainState, x, y):
+        losses, logits, stats, _ = _forward(parts, state.params, state.rest, x, y, training=False)
+        prediction = jnp.argmax(logits, -1)
+        return dict(loss=losses, correct=(prediction == y).astype(jnp.float32),
+                    prediction=prediction, **stats)
+
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(evaluate, in_shardings=(repl, data, data), out_shardings=data)

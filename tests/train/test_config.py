@@ -1,0 +1,62 @@
+"""TrainConfig: typed, frozen, unknown keys and bad values refused with their names."""
+
+import dataclasses
+import json
+
+import pytest
+
+from optjax.config import ConfigError
+from optjax.train.config import TrainConfig, load_file
+
+
+def test_defaults_are_the_documented_main_job():
+    config = TrainConfig()
+    assert (config.dataset, config.family, config.kind) == ("digits", "opteq", "conv")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) for TrainConfig: 'epoch', 'lr'"):
+        TrainConfig.from_dict({"epoch": 3, "lr": 0.1})
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("epochs", "3", r"epochs must be int, got '3'"),
+    ("epochs", 2.5, r"epochs must be int"),
+    ("certify", 1, r"certify must be bool"),
+    ("learning_rate", True, r"learning_rate must be float"),
+    ("data_dir", 3, r"data_dir must be str or None"),
+    ("family", "resnet", r"family must be one of"),
+    ("dataset", "imagenet", r"dataset must be one of"),
+    ("rho", 1.5, r"rho must be a number in \(0.0, 1.0\]"),
+    ("batch_size", 0, r"batch_size must be an integer >= 1"),
+    ("schedule", "step", r"schedule must be one of"),
+])
+def test_bad_values_are_refused_with_the_field_name(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict({key: value})
+
+
+def test_ints_are_accepted_as_floats_and_conv_deep_is_refused():
+    assert TrainConfig(learning_rate=1).learning_rate == 1
+    with pytest.raises(ConfigError, match="dense only"):
+        TrainConfig(family="deep_opteq", kind="conv")
+
+
+def test_json_and_toml_files(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"epochs": 3, "width": 8}))
+    (tmp_path / "a.toml").write_text('epochs = 3\nwidth = 8\nkind = "dense"\n')
+    assert TrainConfig.from_dict(load_file(tmp_path / "a.json")).width == 8
+    assert TrainConfig.from_dict(load_file(tmp_path / "a.toml")).kind == "dense"
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+        load_file(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a table of options"):
+        load_file(tmp_path / "list.json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_file(tmp_path / "missing.toml")
+    (tmp_path / "a.yaml").write_text("epochs: 3")
+    with pytest.raises(ConfigError, match="use a .json or .toml file"):
+        load_file(tmp_path / "a.yaml")
