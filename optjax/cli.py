@@ -147,10 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from optjax.config import ConfigError
     from optjax.data import DataError
     from optjax.train.checkpoint import CheckpointError
+    from optjax.train.loop import TrainingDiverged
 
     try:
         return _run(argv)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as err:
         print(f"optjax: error: {err}", file=sys.stderr)
         return 2
 

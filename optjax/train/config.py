@@ -16,14 +16,15 @@ import types
 import typing
 from typing import Any, Mapping
 
+from optjax.backward import BACKWARDS
 from optjax.config import Config, ConfigError, in_interval, positive_int, require
+from optjax.data import DATASETS as _DATASETS
+from optjax.nn.classifiers import FAMILIES as _FAMILIES
 
 __all__ = ["TrainConfig", "MODEL_FIELDS", "load_file"]
 
-_DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
-_FAMILIES = ("opteq", "deq", "mondeq", "deep_opteq", "explicit")
 _SCHEDULES = ("cosine", "constant")
-_BACKWARDS = ("gmres", "cg", "fixed_point", "phantom", "auto")
+_BACKWARDS = tuple(BACKWARDS) + ("auto",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,8 @@ class TrainConfig(Config):
     Model: ``family`` (opteq | deq | mondeq | deep_opteq | explicit), ``kind`` (dense | conv),
     ``width`` (features or channels of the equilibrium state), ``activation``, ``rho``
     (``||W|| <= rho``, OptEq families), forward ``solver`` (None: the layer's default), ``tol``,
-    ``max_steps``; ``backward`` mode with ``backward_steps`` and ``backward_tol``; ``certify``
+    ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
+    solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps`` and ``backward_tol``; ``certify``
     (exact ``||W||`` and certificates every call, OptEq).
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
@@ -62,6 +64,7 @@ class TrainConfig(Config):
     activation: str = "relu"
     rho: float = 0.95
     solver: str | None = None
+    anderson_ridge: float | None = None
     tol: float = 1e-3
     max_steps: int = 50
     backward: str = "gmres"
@@ -113,6 +116,8 @@ class TrainConfig(Config):
         in_interval(name, "tol", self.tol, 0.0, 1.0)
         if self.backward_tol is not None:
             in_interval(name, "backward_tol", self.backward_tol, 0.0, 1.0)
+        if self.anderson_ridge is not None:
+            in_interval(name, "anderson_ridge", self.anderson_ridge, 0.0, 1e6)
         in_interval(name, "learning_rate", self.learning_rate, 0.0, 10.0)
         in_interval(name, "weight_decay", self.weight_decay, 0.0, 10.0, open_low=False)
         in_interval(name, "warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs),

@@ -32,7 +32,11 @@ from optjax.train.report import Reporter, summary_table
 from optjax.train.step import (TrainState, init_state, make_eval_step, make_optimizer,
                                make_train_step, split_model)
 
-__all__ = ["train", "TrainResult", "Run", "prepare", "RESUMABLE_FIELDS"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "RESUMABLE_FIELDS"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the state before that step was checkpointed."""
 
 # Options that may differ when resuming: they do not change what is computed.
 RESUMABLE_FIELDS = ("data_dir", "out_dir", "stop_after", "checkpoint_every", "keep_checkpoints",
@@ -174,9 +178,19 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                     reporter.start_epoch(epoch, config.epochs, spe, done=b)
                 idx = order[b * bs:(b + 1) * bs][rows]
                 x, y = sharding.global_batch(run.mesh, data.x_train[idx], data.y_train[idx])
+                before = state
                 state, metrics = run.train_step(state, x, y)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 log.write("step", step=s + 1, epoch=epoch, **metrics)
+                if not math.isfinite(metrics["loss"]):
+                    saved = checkpoints.save(before, epoch=epoch)
+                    raise TrainingDiverged(
+                        f"the loss became {metrics['loss']} at step {s + 1} (forward solves in "
+                        f"that batch: {100 * metrics['converged']:.1f}% converged, largest "
+                        f"residual {metrics['residual']:.3g}, mean steps {metrics['steps']:.1f}). "
+                        f"The state before that step is saved in {saved}. Lower the learning "
+                        "rate or --grad-clip, raise --max-steps, or change the solver (for "
+                        "Anderson, a larger --anderson-ridge); then --resume or start afresh")
                 reporter.step(metrics)
                 count += 1
                 for k in _STEP_METRICS:
@@ -215,7 +229,8 @@ def sharding_host(value) -> np.ndarray:
 
 def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
     if key in ("steps_max", "residual"):
-        sums[key] = max(sums.get(key, -math.inf), value)
+        current = sums.get(key, -math.inf)
+        sums[key] = value if (math.isnan(value) or value > current) else current  # NaN sticks
     else:
         sums[key] = sums.get(key, 0.0) + value
 

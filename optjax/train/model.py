@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from optjax import backward as _backward
+from optjax import solvers as _solvers
 from optjax.info import SolveInfo
 from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train.config import TrainConfig
@@ -32,6 +33,9 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
     options = dict(tol=config.tol, max_steps=config.max_steps, backward=backward)
     if config.solver is not None:
         options["solver"] = config.solver
+    anderson = config.solver == "anderson" or (config.solver is None and config.family == "deq")
+    if config.anderson_ridge is not None and anderson:
+        options["solver"] = _solvers.get("anderson", ridge=config.anderson_ridge)
     if config.family in ("opteq", "deep_opteq", "deq"):
         options["activation"] = config.activation
     if config.family in ("opteq", "deep_opteq"):

@@ -31,6 +31,7 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
     ``"epoch"`` events) and the per-sample suboptimality bounds of the test set (``bounds``;
     the certificate plot is skipped when None or not finite anywhere). Returns the paths."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = [r for r in records if r.get("event") == "step"]
@@ -39,6 +40,8 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
     paths = []
 
     def finish(fig, ax, name, xlabel, ylabel, title):
+        if xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -69,7 +72,7 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
     ax.plot(e, [r.get("steps", np.nan) for r in epochs], "o-", label="mean (train)")
     ax.plot(e, [r.get("steps_max", np.nan) for r in epochs], "^--", label="max (train)")
     ax.plot(e, [r.get("test_steps", np.nan) for r in epochs], "s-", label="mean (test)")
-    finish(fig, ax, "forward_steps.png", "epoch", "solver steps (evaluations of T)",
+    finish(fig, ax, "forward_steps.png", "epoch", "forward solver steps per sample",
            "forward steps per epoch")
 
     finite = None if bounds is None else np.asarray(bounds, float)

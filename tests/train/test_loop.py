@@ -1,6 +1,7 @@
 """The training loop: it learns, logs what it promises, resumes exactly, refuses to clobber."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -107,3 +108,36 @@ def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkey
     resumed = run(tiny_config(tmp_path), resume=True)
     for a, b in zip(_leaves(full_run.state), _leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_last_good_state_saved(tmp_path, monkeypatch):
+    import optjax.train.loop as loop
+
+    make = loop.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step, calls = make(*args, **kwargs), []
+
+        def wrapped(state, x, y):
+            calls.append(1)
+            new, metrics = step(state, x, y)
+            if len(calls) == 4:
+                metrics = dict(metrics, loss=jnp.nan, residual=jnp.nan)
+            return new, metrics
+        return wrapped
+
+    monkeypatch.setattr(loop, "make_train_step", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match=r"the loss became nan at step 4 .*"
+                       r"checkpoints/3\. Lower the learning rate"):
+        run(tiny_config(tmp_path))
+    assert (tmp_path / "checkpoints" / "3").is_dir()
+    steps = read_metrics(tmp_path / "metrics.jsonl", "step")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and np.isnan(steps[-1]["loss"])
+
+
+def test_epoch_maxima_keep_nan():
+    from optjax.train.loop import _accumulate
+    sums = {}
+    for value in (1.0, float("nan"), 2.0):
+        _accumulate(sums, "residual", value)
+    assert np.isnan(sums["residual"])

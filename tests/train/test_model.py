@@ -37,3 +37,10 @@ def test_layer_options_follow_the_config():
     assert layer_options(TrainConfig(family="explicit")) == {}
     assert layer_options(TrainConfig(backward="phantom", backward_steps=4))["backward"] == \
         optjax.backward.Phantom(steps=4)
+
+
+def test_the_anderson_ridge_reaches_the_anderson_solver_only():
+    ridged = layer_options(TrainConfig(family="deq", anderson_ridge=1e-2))["solver"]
+    assert ridged == optjax.solvers.Anderson(ridge=1e-2)
+    assert "solver" not in layer_options(TrainConfig(family="opteq", anderson_ridge=1e-2))
+    assert layer_options(TrainConfig(solver="anderson", anderson_ridge=1e-3))["solver"].ridge == 1e-3
