@@ -97,19 +97,16 @@ def train_config(args: argparse.Namespace):
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if hasattr(args, f.name)}
+    from_file = load_file(args.config) if args.config else {}
     options: dict[str, Any] = {}
     if args.resume:
-        out_dir = flags.get("out_dir", TrainConfig().out_dir)
-        if args.config:
-            out_dir = load_file(args.config).get("out_dir", out_dir) if "out_dir" not in flags \
-                else out_dir
+        out_dir = flags.get("out_dir", from_file.get("out_dir", TrainConfig().out_dir))
         probe = Checkpoints(f"{out_dir}/checkpoints", TrainConfig(out_dir=out_dir))
         latest = probe.latest_step()
         if latest is not None:
             options.update(probe.read_meta(latest).get("config", {}))
             options.pop("stop_after", None)  # where the last part stopped; not this part
-    if args.config:
-        options.update(load_file(args.config))
+    options.update(from_file)
     options.update(flags)
     return TrainConfig.from_dict(options)
 
@@ -134,8 +131,9 @@ def _run(argv: Sequence[str] | None) -> int:
     report = evaluate(args.out_dir, step=args.step, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size)
     if args.json:
-        print(json.dumps({k: (v if v == v else "nan") for k, v in report.to_dict().items()},
-                         indent=1))
+        from optjax.train.metrics import json_safe
+
+        print(json.dumps(json_safe(report.to_dict()), indent=1))
     else:
         for line in report.lines():
             print(f"{args.split}: {line}")

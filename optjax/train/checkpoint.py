@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from optjax.train.config import TrainConfig
+from optjax.train.sharding import host_value as _host
 
 __all__ = ["CheckpointError", "Checkpoints"]
 
@@ -27,13 +28,6 @@ FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or was written by a different model."""
-
-
-def _host(leaf) -> np.ndarray:
-    # A replicated array: every device holds the whole value; read this process's copy.
-    if isinstance(leaf, jax.Array):
-        return np.asarray(leaf.addressable_data(0))
-    return np.asarray(leaf)
 
 
 def _digest(array: np.ndarray) -> str:

@@ -38,8 +38,8 @@ class TrainConfig(Config):
     ``width`` (features or channels of the equilibrium state), ``activation``, ``rho``
     (``||W|| <= rho``, OptEq families), forward ``solver`` (None: the layer's default), ``tol``,
     ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
-    solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps`` and ``backward_tol``; ``certify``
-    (exact ``||W||`` and certificates every call, OptEq).
+    solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
+    and ``backward_tol``; ``certify`` (exact ``||W||`` and certificates every call, OptEq).
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
     ``warmup_epochs`` then ``schedule`` (cosine decay to 0, or constant); ``grad_clip`` (global

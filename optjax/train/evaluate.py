@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from optjax.train import sharding
+from optjax.train.metrics import json_safe
 
 __all__ = ["EvalReport", "evaluate_split", "summarize"]
 
@@ -62,9 +63,7 @@ class EvalReport:
 
     def save(self, path: str | pathlib.Path) -> pathlib.Path:
         path = pathlib.Path(path)
-        clean = {k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v))
-                 for k, v in self.to_dict().items()}
-        path.write_text(json.dumps(clean, indent=1) + "\n")
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=1) + "\n")
         return path
 
 

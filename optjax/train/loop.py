@@ -38,6 +38,7 @@ __all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "RESUMA
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the state before that step was checkpointed."""
 
+
 # Options that may differ when resuming: they do not change what is computed.
 RESUMABLE_FIELDS = ("data_dir", "out_dir", "stop_after", "checkpoint_every", "keep_checkpoints",
                     "eval_batch_size", "progress", "plots")
@@ -143,7 +144,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if resume:
         state, meta = checkpoints.restore(state, sharding=sharding.replicated(run.mesh))
         _check_resume(config, meta)
-    start = int(sharding_host(state.step))
+    start = int(sharding.host_value(state.step))
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     log = MetricsLog(out / "metrics.jsonl", keep_until_step=start, fresh=not resume)
     spe, bs = run.steps_per_epoch, config.batch_size
@@ -207,7 +208,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                     checkpoints.save(state, epoch=epoch)
         except KeyboardInterrupt:
             ending = "interrupted"
-    step = int(sharding_host(state.step))
+    step = int(sharding.host_value(state.step))
     paths: dict[str, Any] = dict(metrics=log.path, config=out / "config.json")
     if step > 0:
         paths["checkpoint"] = checkpoints.save(state, epoch=(step - 1) // spe)
@@ -220,11 +221,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     else:
         report, paths = _finish(run, state, log, reporter, paths)
     return TrainResult(config, state, read_metrics(log.path), report, paths, ending, run)
-
-
-def sharding_host(value) -> np.ndarray:
-    """A replicated array's value on this host."""
-    return np.asarray(value.addressable_data(0)) if isinstance(value, jax.Array) else value
 
 
 def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
@@ -251,7 +247,7 @@ def _finish(run: Run, state, log: MetricsLog, reporter: Reporter, paths):
     out = config.out_path
     report = summarize(evaluate_split(run.eval_step, state, run.data.x_test, run.data.y_test,
                                       config.eval_batch_size, run.mesh))
-    log.write("eval", step=int(sharding_host(state.step)), split="test", **report.to_dict())
+    log.write("eval", step=int(sharding.host_value(state.step)), split="test", **report.to_dict())
     paths["eval"] = report.save(out / "eval.json")
     records = read_metrics(log.path)
     reporter.print(summary_table([r for r in records if r["event"] == "epoch"]))

@@ -19,16 +19,16 @@ import math
 import pathlib
 from typing import Any, Iterable
 
-__all__ = ["MetricsLog", "read_metrics"]
+__all__ = ["MetricsLog", "read_metrics", "json_safe"]
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe value: numpy/jax scalars to Python numbers, non-finite floats to strings
     (JSON has no NaN or Infinity)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and getattr(value, "size", 1) == 1:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -49,10 +49,10 @@ class MetricsLog:
         elif keep_until_step is not None:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_until_step
                     and r.get("event") != "eval"]
-            self.path.write_text("".join(json.dumps(_plain(r)) + "\n" for r in kept))
+            self.path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in kept))
 
     def write(self, event: str, **record: Any) -> dict[str, Any]:
-        record = {"event": event, **_plain(record)}
+        record = {"event": event, **json_safe(record)}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         return record

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["data_mesh", "replicated", "batch_sharding", "process_rows", "global_batch",
-           "replicate"]
+           "replicate", "host_value"]
 
 AXIS = "data"
 
@@ -52,6 +52,14 @@ def global_batch(mesh: Mesh, *local: np.ndarray) -> tuple[jax.Array, ...]:
     """Global batch arrays sharded along ``"data"`` from this process's rows."""
     sharding = batch_sharding(mesh)
     return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in local)
+
+
+def host_value(leaf) -> np.ndarray:
+    """A replicated array's value as numpy: this process's copy (every device holds all of it,
+    so this works on several hosts, where ``np.asarray`` of a global array would not)."""
+    if isinstance(leaf, jax.Array):
+        return np.asarray(leaf.addressable_data(0))
+    return np.asarray(leaf)
 
 
 def replicate(mesh: Mesh, tree):
