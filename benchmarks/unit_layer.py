@@ -8,10 +8,15 @@ Problem: batch 128, d = 256, n = 512, float32, ||W|| in {0.5, 0.9, 0.99}, relu a
 per-sample tolerance 1e-5 on ||z - T(z)||. Times are medians over repetitions; every figure is
 printed as a ratio to a reference measured in the same run (the machines are shared and noisy):
   * "T evals": evaluations of T (largest over the batch; the batched loop runs that many);
-  * "/ T": forward time over the time of one batched T evaluation (timed inside a compiled
-    loop), in total and per step (solver overhead); solvers run with certify=False, and one
-    row adds the certificate, whose exact ||W|| (eigvalsh of the Gram matrix) dominates it;
+  * "fwd time / T": the whole ``optjax.equilibrium`` call over the time of one batched T
+    evaluation (timed inside a compiled loop), in total and per evaluation; solvers run with
+    certify=False, and one row adds the certificate, whose exact ||W|| (eigvalsh of the Gram
+    matrix) dominates it;
+  * "solver loop per eval / T": the solver alone (``solve_batch`` on the per-sample map), over a
+    compiled loop of as many batched T evaluations, run alternately (median of the ratios): the
+    solver's own overhead per step, 1.00 meaning none;
   * "fwd+bwd / fwd": cost of the backward pass, per backward mode.
+The run ends with a summary of evaluations and per-step costs over all cases.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import optjax
-from _timing import timeit  # benchmarks/ is on sys.path when a script runs
+from _timing import paired_ratio, timeit  # benchmarks/ is on sys.path when a script runs
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"JAXopt is no longer maintained")
@@ -54,6 +59,34 @@ def batched_t(problem, z, c):
     return problem.activation(z @ problem.weight.T + c) @ problem.weight
 
 
+def unit_maps(problem):
+    """The per-sample map S(z, c) and the fused (F(z), S(z)) that solvers receive."""
+    w, act = problem.weight, problem.activation
+
+    def fn(z, c):
+        return optjax.linear_map.transpose(w, act(optjax.linear_map.apply(w, z) + c))
+
+    def value_and_map(z, c):
+        pre = optjax.linear_map.apply(w, z) + c
+        value = 0.5 * jnp.sum(z * z) - jnp.sum(act.potential(pre))
+        return value, optjax.linear_map.transpose(w, act(pre))
+
+    return fn, value_and_map
+
+
+SOLVERS = [  # (label, solver, certify)
+    ("fixed_point", optjax.solvers.FixedPoint(), False),
+    ("nesterov (restart)", optjax.solvers.Nesterov(), False),
+    ("anderson (m=5)", optjax.solvers.Anderson(), False),
+    ("safeguarded_anderson (m=5)", optjax.solvers.SafeguardedAnderson(), False),
+    ("halpern (capped)", optjax.solvers.Halpern(), False),
+    ("jaxopt_fixed_point", optjax.solvers.JaxoptFixedPoint(), False),
+    ("jaxopt_anderson (ridge 1e-10)", optjax.solvers.JaxoptAnderson(), False),
+    ("jaxopt_anderson, jaxopt's ridge 1e-5", optjax.solvers.JaxoptAnderson(ridge=1e-5), False),
+    ("nesterov + certificate (exact norm)", optjax.solvers.Nesterov(), True),
+]
+
+
 def run_case(activation, norm, args, out):
     problem, x, target = build(0, args.batch, args.d, args.n, args.p, norm, activation)
     c = optjax.injection(problem, x)
@@ -64,32 +97,40 @@ def run_case(activation, norm, args, out):
     loop = jax.jit(lambda p, z, c: jax.lax.fori_loop(0, k, lambda _, z: batched_t(p, z, c), z))
     t_eval = timeit(loop, problem, z0, c, reps=reps) / k
     t_norm = timeit(jax.jit(optjax.linear_map.spectral_norm), problem.weight, reps=reps)
+    fn, value_and_map = unit_maps(problem)
 
     print(f"\n### {activation}, ||W|| = {norm}\n")
     print(f"One T evaluation: {t_eval * 1e3:.3f} ms (the unit below); exact ||W|| for the "
           f"certificate: {t_norm / t_eval:.1f} T.\n")
-    print("| forward solver | T evals (max / mean) | converged | fwd time / T | time per step / T |")
-    print("|---|---|---|---|---|")
+    print("| forward solver | T evals (max / mean) | converged | fwd time / T | "
+          "fwd time per eval / T | solver loop per eval / T |")
+    print("|---|---|---|---|---|---|")
     fwd_time = {}
-    solvers = [
-        ("fixed_point", "fixed_point"),
-        ("anderson (m=5)", optjax.solvers.Anderson()),
-        ("anderson, jaxopt's ridge 1e-5", optjax.solvers.Anderson(ridge=1e-5)),
-        ("nesterov (restart)", "nesterov"),
-        ("halpern (capped)", "halpern"),
-        ("nesterov + certificate (exact norm)", "nesterov"),
-    ]
-    for label, solver in solvers:
+    for label, solver, certify in SOLVERS:
         cap = args.halpern_cap if label.startswith("halpern") else args.max_steps
-        fn = jax.jit(lambda p, x, s=solver, m=cap, c="certificate" in label:
-                     optjax.equilibrium(p, x, solver=s, tol=args.tol, max_steps=m, certify=c))
-        _, info = fn(problem, x)
-        t = timeit(fn, problem, x, reps=reps)
+        fwd = jax.jit(lambda p, x, s=solver, m=cap, cert=certify:
+                      optjax.equilibrium(p, x, solver=s, tol=args.tol, max_steps=m, certify=cert))
+        _, info = fwd(problem, x)
+        t = timeit(fwd, problem, x, reps=reps)
         evals = int(jnp.max(info.evaluations))
         fwd_time[label] = (t, evals)
+        loop_cell = "-"
+        if not certify:
+            # The solver alone (solve_batch), paired with a loop of as many batched T.
+            # (Halpern never converges here: 100 steps measure its per-step cost.)
+            m = 100 if label.startswith("halpern") else cap
+            solve = jax.jit(lambda z0, c, s=solver, m=m: s.solve_batch(
+                fn, z0, c, tol=args.tol, max_steps=m, value_and_map=value_and_map))
+            inner = int(jnp.max(solve(z0, c).evaluations))
+            t_loop = jax.jit(lambda p, z, c, n=inner: jax.lax.fori_loop(
+                0, n, lambda _, z: batched_t(p, z, c), z))
+            ratio = paired_ratio(solve, (z0, c), t_loop, (problem, z0, c), reps=args.pair_reps)
+            loop_cell = f"{ratio:.2f}"
         print(f"| {label} | {evals} / {float(jnp.mean(info.evaluations)):.1f} | "
-              f"{int(jnp.sum(info.converged))}/{args.batch} | {t / t_eval:.1f} | {t / evals / t_eval:.2f} |")
-        out.append(dict(case=(activation, norm), solver=label, evals=evals, ratio=t / t_eval))
+              f"{int(jnp.sum(info.converged))}/{args.batch} | {t / t_eval:.1f} | "
+              f"{t / evals / t_eval:.2f} | {loop_cell} |")
+        out.append(dict(case=(activation, norm), solver=label, evals=evals,
+                        mean_evals=float(jnp.mean(info.evaluations)), loop=loop_cell))
 
     # jaxopt called directly on the whole batch: one global stopping test on the batch's
     # Frobenius residual, its own implicit differentiation.
@@ -108,7 +149,8 @@ def run_case(activation, norm, args, out):
 
     print("\n| same problem, other implementations | T evals | fwd time / T | fwd time / optjax same solver |")
     print("|---|---|---|---|")
-    for kind, mine in (("fixed_point", "fixed_point"), ("anderson", "anderson, jaxopt's ridge 1e-5")):
+    for kind, mine in (("fixed_point", "fixed_point"),
+                       ("anderson", "jaxopt_anderson, jaxopt's ridge 1e-5")):
         solve = jax.jit(jaxopt_solve(kind))
         res = solve(problem.weight, x)
         t = timeit(lambda w, x: solve(w, x).params, problem.weight, x, reps=reps)
@@ -167,12 +209,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--max-steps", type=int, default=500)
     parser.add_argument("--halpern-cap", type=int, default=2000)
+    parser.add_argument("--pair-reps", type=int, default=15,
+                        help="alternating runs for the solver-loop ratios")
     args = parser.parse_args(argv)
     args.batch, args.d, args.n, args.p = (16, 32, 48, 16) if args.quick else (128, 256, 512, 64)
     norms = (0.9,) if args.quick else (0.5, 0.9, 0.99)
     acts = ("relu",) if args.quick else ("relu", "tanh")
     if args.quick:
-        args.reps, args.halpern_cap = 2, 200
+        args.reps, args.halpern_cap, args.pair_reps = 2, 200, 3
     print(f"optjax {optjax.__version__}, jax {jax.__version__} on {jax.devices()[0].device_kind}; "
           f"batch {args.batch}, d {args.d}, n {args.n}, float32, tol {args.tol:g}, "
           f"median of {args.reps} runs")
@@ -180,7 +224,26 @@ def main(argv=None) -> int:
     for act in acts:
         for norm in norms:
             run_case(act, norm, args, out)
+    summary(out)
     return 0
+
+
+def summary(out):
+    cases = list(dict.fromkeys(row["case"] for row in out))
+    labels = [label for label, _, certify in SOLVERS if not certify]
+    cell = {(row["case"], row["solver"]): row for row in out}
+    header = " | ".join(f"{act} {norm}" for act, norm in cases)
+    print("\n### Summary: evaluations of T to the per-sample tolerance (max / mean over the batch)\n")
+    print(f"| solver | {header} |")
+    print("|---" * (len(cases) + 1) + "|")
+    for label in labels:
+        print(f"| {label} | " + " | ".join(
+            f"{cell[c, label]['evals']} / {cell[c, label]['mean_evals']:.1f}" for c in cases) + " |")
+    print("\n### Summary: solver loop time per evaluation / T\n")
+    print(f"| solver | {header} |")
+    print("|---" * (len(cases) + 1) + "|")
+    for label in labels:
+        print(f"| {label} | " + " | ".join(cell[c, label]["loop"] for c in cases) + " |")
 
 
 if __name__ == "__main__":

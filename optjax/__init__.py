@@ -11,10 +11,12 @@ from optjax.activations import Activation, NotAProxError
 from optjax.certificate import Certificate, certificate
 from optjax.config import ConfigError
 from optjax.equilibrium import backward_probe, equilibrium
-from optjax.info import BackwardStats, EquilibriumError, SolveInfo, Status, check
+from optjax.info import (BackwardStats, EquilibriumError, EquilibriumWarning, SolveInfo, Status,
+                         check)
 from optjax.objective import dual_objective, objective
 from optjax.operator import operator
-from optjax.problem import NonconvexError, OptEqProblem, convexity_margin, injection, strong_convexity
+from optjax.problem import (Defect, EquilibriumProblem, NonconvexError, OptEqProblem,
+                            convexity_margin, injection, strong_convexity)
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,9 @@ __all__ = [
     "BackwardStats",
     "Certificate",
     "ConfigError",
+    "Defect",
+    "EquilibriumProblem",
+    "EquilibriumWarning",
     "EquilibriumError",
     "NonconvexError",
     "NotAProxError",

@@ -12,18 +12,18 @@ and the potential :math:`\Phi = (f + |\cdot|^2/2)^*` is convex and 1-smooth with
 :math:`\Phi' = \sigma`. The pair is fixed up to one constant by the Fenchel--Young equality
 :math:`\Phi(t) + f(\sigma(t)) + \sigma(t)^2/2 = t\,\sigma(t)`.
 
-=============  =============================================  ======================================
-sigma          penalty f(y)                                   potential Phi(t)
-=============  =============================================  ======================================
-relu           0 on y >= 0                                    max(t, 0)^2 / 2
-leaky_relu a   0 (y >= 0), (1/a - 1) y^2/2 (y < 0)            t^2/2 (t >= 0), a t^2/2 (t < 0)
-hardtanh       0 on |y| <= 1                                  Huber: t^2/2 (|t| <= 1), |t| - 1/2
-tanh           ((1+y)log(1+y) + (1-y)log(1-y))/2 - y^2/2      log cosh t
-sigmoid        y log y + (1-y) log(1-y) - y^2/2, y in [0, 1]  softplus(t)
-softplus       Li2(e^{-y}) - pi^2/6, y >= 0                   -Li2(-e^t)
-softsign       -|y| - log(1 - |y|) - y^2/2, |y| < 1           |t| - log(1 + |t|)
-arctan         -log cos y - y^2/2, |y| < pi/2                 t arctan t - log(1 + t^2)/2
-=============  =============================================  ======================================
+============  =============================================  ======================================
+sigma         penalty f(y)                                   potential Phi(t)
+============  =============================================  ======================================
+relu          0 on y >= 0                                    max(t, 0)^2 / 2
+leaky_relu a  0 (y >= 0), (1/a - 1) y^2/2 (y < 0)            t^2/2 (t >= 0), a t^2/2 (t < 0)
+hardtanh      0 on abs(y) <= 1                               Huber: t^2/2 (abs(t)<=1), abs(t) - 1/2
+tanh          ((1+y)log(1+y) + (1-y)log(1-y))/2 - y^2/2      log cosh t
+sigmoid       y log y + (1-y) log(1-y) - y^2/2, y in [0, 1]  softplus(t)
+softplus      Li2(e^{-y}) - pi^2/6, y >= 0                   -Li2(-e^t)
+softsign      -abs(y) - log(1 - abs(y)) - y^2/2, abs(y) < 1  abs(t) - log(1 + abs(t))
+arctan        -log cos y - y^2/2, abs(y) < pi/2              t arctan t - log(1 + t^2)/2
+============  =============================================  ======================================
 
 (``Li2`` is the dilogarithm; the ``-pi^2/6`` makes the softplus pair satisfy Fenchel--Young.)
 GELU, SiLU/swish and Mish are not proximal operators: they decrease on a half-line and have slope
@@ -420,7 +420,7 @@ def from_function(
       name: defaults to ``fn.__name__``.
       potential: Phi with Phi' = fn; default: Phi(0) + int_0^t fn by 64-node Gauss--Legendre
         (jit-able, derivative fn), with Phi(0) = 0, or -f(sigma(0)) - sigma(0)^2/2 when a penalty
-        f is given, so that Phi = (f + |.|^2/2)^*.
+        f is given, so that Phi = (f + (.)^2/2)^*.
       penalty: f with fn = prox_f, ``+inf`` outside its domain; default ``None`` (unknown).
       slope_bound: an upper bound on sup fn'; default 1.
 

@@ -1,17 +1,21 @@
 """The ``optjax`` command: ``optjax train`` and ``optjax eval``.
 
 Options come from defaults, then a ``--config`` file (JSON or TOML), then flags; with
-``--resume`` the run's own configuration (saved in its checkpoint) replaces the defaults.
-Errors in the input (unknown options, bad values, missing data, damaged checkpoints) end with a
-one-paragraph message and exit status 2; an interrupted run exits with 130 after saving a
-checkpoint.
+``--resume`` the run's own configuration (saved in its checkpoint) replaces the defaults, and
+flags may change the options that do not fix the model or the data order
+(:func:`optjax.train.config.resume_changes`). Errors in the input (unknown options, bad values,
+missing data, damaged or foreign checkpoints, no cluster for ``--distributed``) end with a
+one-paragraph message and exit status 2, before any data or model is loaded where the input
+alone shows the error; an interrupted run exits with 130 after saving a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import pathlib
 import sys
 import types
 import typing
@@ -42,22 +46,51 @@ def _parser_for(base, optional: bool, flag: str):
     return parse
 
 
+def _choices() -> dict[str, str]:
+    """The allowed values of every choice option, in words, for ``--help``."""
+    from optjax import solvers
+    from optjax.data import DATASETS
+    from optjax.nn.classifiers import FAMILIES
+    from optjax.train.config import BACKWARD_CHOICES, KINDS, SCHEDULES, activation_choices
+
+    by_choices: dict[str, list[str]] = {}
+    for family in FAMILIES:
+        by_choices.setdefault(activation_choices(family), []).append(family)
+    activation = "; ".join(f"{', '.join(families)}: {text}"
+                           for text, families in by_choices.items())
+    return {
+        "dataset": "one of " + ", ".join(DATASETS),
+        "family": "one of " + ", ".join(FAMILIES),
+        "kind": "one of " + ", ".join(KINDS),
+        "activation": "by family: " + activation,
+        "solver": "one of " + ", ".join(solvers.SOLVERS) + ", or none (the layer's default)",
+        "backward": "one of " + ", ".join(BACKWARD_CHOICES),
+        "schedule": "one of " + ", ".join(SCHEDULES),
+        "augment_crop": "random crop after padding every side with this many zero pixels, on "
+        "training batches only (0: off)",
+        "augment_flip": "random horizontal flip of training batches; for natural images "
+        "(cifar10), wrong for digits and letters",
+    }
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from optjax.train.config import TrainConfig
 
     defaults = TrainConfig()
+    choices = _choices()
     group = parser.add_argument_group("options (see TrainConfig; default in brackets)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         base, optional = _field_type(field.name)
         default = getattr(defaults, field.name)
+        text = f"[{default}]" + (f" {choices[field.name]}" if field.name in choices else "")
         if base is bool:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"[{default}]")
+                               default=argparse.SUPPRESS, help=text)
         else:
             group.add_argument(flag, dest=field.name, type=_parser_for(base, optional, flag),
                                default=argparse.SUPPRESS, metavar=base.__name__.upper(),
-                               help=f"[{default}]")
+                               help=text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,12 +103,23 @@ def _parser() -> argparse.ArgumentParser:
         "TrainConfig is a flag, or a key of the --config file.")
     train.add_argument("--config", help="a JSON or TOML file of options (flags override it)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out-dir from its latest checkpoint, exactly")
+                       help="continue the run in --out-dir from its latest checkpoint; options "
+                       "that fix the model or the data order cannot change, the others can "
+                       "(the run is then no longer identical to an uninterrupted one)")
     train.add_argument("--overwrite", action="store_true",
                        help="delete the checkpoints and metrics already in --out-dir")
-    train.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() first (multi-host runs: start "
-                       "the same command on every host)")
+    cluster = train.add_argument_group(
+        "several processes", "Start the same command in every process, with --distributed; "
+        "each process feeds its rows of every global batch.")
+    cluster.add_argument("--distributed", action="store_true",
+                         help="call jax.distributed.initialize() first, with the options below "
+                         "or, without them, the cluster's environment (SLURM, Open MPI, TPU "
+                         "pods; JAX_COORDINATOR_ADDRESS)")
+    cluster.add_argument("--coordinator-address", metavar="HOST:PORT",
+                         help="where process 0 runs the coordinator (the same on every process)")
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+    cluster.add_argument("--process-id", type=int, metavar="I",
+                         help="this process's index, 0 to N - 1")
     train.add_argument("--print-config", action="store_true",
                        help="print the resulting configuration as JSON and exit")
     _add_config_flags(train)
@@ -92,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def train_config(args: argparse.Namespace):
     """The :class:`TrainConfig` of ``optjax train`` arguments."""
-    from optjax.train.checkpoint import Checkpoints
+    from optjax.train.checkpoint import CheckpointError, Checkpoints
     from optjax.train.config import TrainConfig, load_file
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -101,29 +145,81 @@ def train_config(args: argparse.Namespace):
     options: dict[str, Any] = {}
     if args.resume:
         out_dir = flags.get("out_dir", from_file.get("out_dir", TrainConfig().out_dir))
-        probe = Checkpoints(f"{out_dir}/checkpoints", TrainConfig(out_dir=out_dir))
-        latest = probe.latest_step()
-        if latest is not None:
-            options.update(probe.read_meta(latest).get("config", {}))
-            options.pop("stop_after", None)  # where the last part stopped; not this part
+        ckpt_dir = pathlib.Path(out_dir) / "checkpoints"
+        probe = Checkpoints(ckpt_dir, TrainConfig(out_dir=out_dir)) if ckpt_dir.is_dir() \
+            else None
+        latest = probe.latest_step() if probe is not None else None
+        if latest is None:
+            raise CheckpointError(
+                f"no checkpoint in {ckpt_dir}: train without --resume first, or point --out-dir "
+                "at the run to continue")
+        options.update(probe.read_meta(latest).get("config", {}))
+        options.pop("stop_after", None)  # where the last part stopped; not this part
     options.update(from_file)
     options.update(flags)
     return TrainConfig.from_dict(options)
 
 
+_NO_CLUSTER = (
+    "--distributed needs the coordinator's address, the number of processes and this "
+    "process's id: pass --coordinator-address HOST:PORT --num-processes N --process-id I (the "
+    "same address and N in every process; process 0 runs the coordinator), or run under SLURM, "
+    "Open MPI or on a TPU pod, where JAX reads them from the environment (or set "
+    "JAX_COORDINATOR_ADDRESS). On a single machine, drop --distributed: the run uses all its "
+    "local devices")
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` with the flags' settings; a clear error without a
+    cluster."""
+    import jax
+
+    from optjax.config import ConfigError
+
+    settings = {k: getattr(args, k) for k in ("coordinator_address", "num_processes",
+                                              "process_id") if getattr(args, k) is not None}
+    try:
+        jax.distributed.initialize(**settings)
+    except Exception as err:  # jax raises ValueError, RuntimeError or its own errors
+        raise ConfigError(f"{_NO_CLUSTER}. (jax.distributed.initialize: "
+                          f"{' '.join(str(err).split())[:300]})") from None
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    from optjax.config import ConfigError
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other (--resume continues "
+                          "the run in --out-dir, --overwrite deletes it); choose one")
+    cluster = [f"--{k.replace('_', '-')}" for k in ("coordinator_address", "num_processes",
+                                                     "process_id") if getattr(args, k) is not None]
+    if cluster and not args.distributed:
+        raise ConfigError(f"{', '.join(cluster)} {'apply' if len(cluster) > 1 else 'applies'} "
+                          "only with --distributed: add it, or drop them for a single-process "
+                          "run")
+
+
+def _check_plots(config) -> None:
+    from optjax.config import ConfigError
+
+    if config.plots and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("the plots need matplotlib, which is not installed: pip install "
+                          "'optjax[train]', or pass --no-plots")
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
-        if args.distributed:
-            import jax
-
-            jax.distributed.initialize()  # cluster settings from the environment
-        from optjax.train.loop import train
-
+        _check_train_args(args)
+        if args.distributed:  # before anything touches a JAX backend
+            _start_distributed(args)
         config = train_config(args)
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=1))
             return 0
+        _check_plots(config)
+        from optjax.train.loop import train
+
         result = train(config, resume=args.resume, overwrite=args.overwrite)
         return 130 if result.ending == "interrupted" else 0
     from optjax.train.evaluate import evaluate

@@ -47,28 +47,123 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Conv2D"]
+__all__ = ["Conv2D", "StridedConv2D"]
 
 _PADDINGS = ("zeros", "circular")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _circular_norm(kernel: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    """Exact ||C|| of the circular 'same' cross-correlation with ``kernel`` on a ``grid`` torus."""
-    k = kernel.shape[0]
-    p = (k - 1) // 2
-    rows = np.mod(np.arange(k) - p, grid[0])
-    cols = np.mod(np.arange(k) - p, grid[1])
-    # Wrap the taps onto the torus; ``add`` sums taps that alias when k exceeds the grid.
-    h = jnp.zeros(grid + kernel.shape[2:], kernel.dtype).at[rows[:, None], cols[None, :]].add(kernel)
-    blocks = jnp.fft.fft2(h, axes=(0, 1))  # (gH, gW, c_in, c_out): M_{-f}^T at every frequency
+def _wrapped_taps(kernel: jax.Array, grid: tuple[int, int], stride: int, offset: int) -> jax.Array:
+    r"""The kernel as a stride-1 correlation on the ``grid`` torus of polyphase components.
+
+    Tap :math:`a` reads input index :math:`s i + t` with :math:`t = a - p`; writing
+    :math:`t = s d + r` (:math:`0 \le r < s`) it reads component :math:`r` at :math:`i + d`. Returns
+    ``h`` of shape ``grid + (s * s * c_in, c_out)`` with ``h[d mod grid, (r1, r2, c)] += K[a]``
+    (``add``: taps that alias on a small torus are summed)."""
+    k, _, c_in, c_out = kernel.shape
+    t = np.arange(k) - offset
+    r, d = np.mod(t, stride), np.floor_divide(t, stride)
+    rows, cols = np.mod(d, grid[0]), np.mod(d, grid[1])
+    h = jnp.zeros(grid + (stride, stride, c_in, c_out), kernel.dtype)
+    h = h.at[rows[:, None], cols[None, :], r[:, None], r[None, :]].add(kernel)
+    return h.reshape(grid + (stride * stride * c_in, c_out))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _circular_norm(kernel: jax.Array, grid: tuple[int, int], stride: int = 1,
+                   offset: int | None = None) -> jax.Array:
+    """Exact ||C|| of the circular correlation with ``kernel`` (stride ``stride``, tap ``a`` at
+    offset ``a - offset``) on the torus of ``grid * stride`` input pixels."""
+    if offset is None:
+        offset = (kernel.shape[0] - 1) // 2
+    h = _wrapped_taps(kernel, grid, stride, offset)
+    blocks = jnp.fft.fft2(h, axes=(0, 1))  # (gH, gW, s^2 c_in, c_out): M_{-f}^T at every frequency
     return jnp.max(jnp.linalg.svd(blocks, compute_uv=False))
+
+
+def _check_spatial(spatial) -> tuple[int, int]:
+    try:
+        out = tuple(operator.index(s) for s in spatial)
+    except TypeError:
+        out = None
+    if out is None or len(out) != 2 or min(out) < 1:
+        raise ValueError(f"spatial must be a pair of positive ints (H, W), got {spatial!r}")
+    return out
+
+
+def _check_kernel(owner: str, kernel, odd: bool) -> None:
+    """Shape and dtype checks of a (k, k, c_in, c_out) kernel; placeholders (no shape) pass."""
+    shape = getattr(kernel, "shape", None)
+    if shape is None:
+        return
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"{owner}: kernel must be 4-D (k, k, c_in, c_out) in HWIO layout, got shape {shape}")
+    if shape[0] != shape[1] or shape[0] < 1 or (odd and shape[0] % 2 == 0):
+        need = "an odd square spatial size (k, k) with k odd" if odd else \
+            "a square spatial size (k, k)"
+        raise ValueError(f"{owner}: kernel must have {need}, got {shape[:2]} (full shape {shape})")
+    dtype = getattr(kernel, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{owner}: kernel must have a floating dtype, got {dtype}")
+
+
+def _check_sample(owner: str, name: str, x, want: tuple[int, ...]) -> None:
+    got = tuple(jnp.shape(x))
+    if got != want:
+        hint = (" (apply/transpose take ONE sample; use jax.vmap for a batch)"
+                if got[1:] == want else "")
+        raise ValueError(
+            f"{owner}.{name} expects one sample of shape {want} (H, W, channels), got {got}{hint}")
+
+
+def _correlate(x: jax.Array, kernel: jax.Array, pads, padding: str, stride: int) -> jax.Array:
+    """VALID cross-correlation of one ``(H, W, c)`` sample extended by ``pads`` (``((top,
+    bottom), (left, right))``) zeros or periodically, with window stride ``stride``."""
+    dtype = jnp.result_type(x, kernel)
+    x = jnp.asarray(x, dtype)[None]
+    kernel = jnp.asarray(kernel, dtype)
+    if padding == "circular":
+        x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), mode="wrap")
+        pads = ((0, 0), (0, 0))
+    out = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=tuple(pads), dimension_numbers=_DIMS,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return out[0]
+
+
+def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
+    """The kernel of the adjoint correlation: flipped in space, channel axes swapped."""
+    return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+
+
+class _PowerIteration:
+    """``power_iteration``: a lower bound on the norm, shared by the convolutions."""
+
+    def power_iteration(self, num_steps: int = 100, key=None) -> jax.Array:
+        r"""A lower bound on :math:`\|W\|`: :math:`\|W v\|` for the unit vector ``v`` reached by
+        ``num_steps`` steps of power iteration on :math:`W^\top W` from a random start
+        (``key``, default ``PRNGKey(0)``). It converges to :math:`\|W\|` from below, at a rate
+        set by the gap between the two largest distinct singular values."""
+        if key is None:
+            key = jax.random.PRNGKey(0)
+        dtype = jnp.asarray(self.kernel).dtype
+        v = jax.random.normal(key, self.in_shape, dtype)
+        v = v / jnp.linalg.norm(v)
+
+        def step(_, v):
+            w = self.transpose(self.apply(v))
+            return w / jnp.linalg.norm(w)
+
+        v = jax.lax.fori_loop(0, int(num_steps), step, v)
+        return jnp.linalg.norm(self.apply(v))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Conv2D:
+class Conv2D(_PowerIteration):
     r"""``W``: a 2-D convolution, stride 1, 'same'-sized output, kernel ``(k, k, c_in, c_out)`` (HWIO).
 
     ``apply`` maps ``(H, W, c_in) -> (H, W, c_out)`` and ``transpose`` is its exact adjoint
@@ -86,33 +181,12 @@ class Conv2D:
     padding: str = dataclasses.field(default="zeros", metadata=dict(static=True))
 
     def __post_init__(self):
-        try:
-            spatial = tuple(operator.index(s) for s in self.spatial)
-        except TypeError:
-            spatial = None
-        if spatial is None or len(spatial) != 2 or min(spatial) < 1:
-            raise ValueError(f"spatial must be a pair of positive ints (H, W), got {self.spatial!r}")
-        object.__setattr__(self, "spatial", spatial)
+        object.__setattr__(self, "spatial", _check_spatial(self.spatial))
         if self.padding not in _PADDINGS:
             raise ValueError(f"padding must be one of {_PADDINGS}, got {self.padding!r}")
         # Pytree unflattening rebuilds the object with arbitrary leaves (None, ints, specs):
         # only array-like kernels are checked.
-        shape = getattr(self.kernel, "shape", None)
-        if shape is None:
-            return
-        shape = tuple(shape)
-        if len(shape) != 4:
-            raise ValueError(
-                f"kernel must be 4-D (k, k, c_in, c_out) in HWIO layout, got shape {shape}"
-            )
-        if shape[0] != shape[1] or shape[0] % 2 == 0:
-            raise ValueError(
-                f"kernel must have an odd square spatial size (k, k) with k odd, got {shape[:2]} "
-                f"(full shape {shape})"
-            )
-        dtype = getattr(self.kernel, "dtype", None)
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"kernel must have a floating dtype, got {dtype}")
+        _check_kernel("Conv2D", self.kernel, odd=True)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -139,48 +213,23 @@ class Conv2D:
     def out_shape(self) -> tuple[int, int, int]:
         return self.spatial + (int(self.kernel.shape[3]),)
 
-    def _check(self, name: str, x, want: tuple[int, ...]) -> None:
-        got = tuple(jnp.shape(x))
-        if got != want:
-            hint = (
-                " (apply/transpose take ONE sample; use jax.vmap for a batch)"
-                if got[1:] == want
-                else ""
-            )
-            raise ValueError(
-                f"Conv2D.{name} expects one sample of shape {want} (H, W, channels), got {got}{hint}"
-            )
-
     # -- the map -----------------------------------------------------------------------------
-    def _correlate(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        dtype = jnp.result_type(x, kernel)
-        x = jnp.asarray(x, dtype)[None]
-        kernel = jnp.asarray(kernel, dtype)
-        if self.padding == "circular":
-            p = (kernel.shape[0] - 1) // 2
-            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="wrap")
-            pad = "VALID"
-        else:
-            pad = "SAME"
-        out = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding=pad, dimension_numbers=_DIMS,
-            precision=jax.lax.Precision.HIGHEST,
-        )
-        return out[0]
+    def _same(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        p = (kernel.shape[0] - 1) // 2
+        return _correlate(x, kernel, ((p, p), (p, p)), self.padding, 1)
 
     def apply(self, z: jax.Array) -> jax.Array:
         """``W z`` for one sample: ``(H, W, c_in) -> (H, W, c_out)``."""
-        self._check("apply", z, self.in_shape)
-        return self._correlate(z, self.kernel)
+        _check_sample("Conv2D", "apply", z, self.in_shape)
+        return self._same(z, self.kernel)
 
     def transpose(self, s: jax.Array) -> jax.Array:
         r""":math:`W^\top s` for one sample: ``(H, W, c_out) -> (H, W, c_in)``; the same
         convolution with the kernel flipped in space and its channel axes swapped."""
-        self._check("transpose", s, self.out_shape)
-        flipped = jnp.swapaxes(self.kernel[::-1, ::-1], 2, 3)
-        return self._correlate(s, flipped)
+        _check_sample("Conv2D", "transpose", s, self.out_shape)
+        return self._same(s, _adjoint_kernel(self.kernel))
 
-    # -- norms -------------------------------------------------------------------------------
+    # -- norms and the Fourier form ----------------------------------------------------------
     def spectral_norm(self) -> jax.Array:
         r""":math:`\|W\|_2`: exact for ``"circular"`` (FFT block-diagonalisation); for
         ``"zeros"`` a certified upper bound, the exact norm of the circular convolution on the
@@ -194,20 +243,168 @@ class Conv2D:
         kernel = jnp.asarray(self.kernel)
         return _circular_norm(kernel, grid).astype(kernel.dtype)
 
-    def power_iteration(self, num_steps: int = 100, key=None) -> jax.Array:
-        r"""A lower bound on :math:`\|W\|`: :math:`\|W v\|` for the unit vector ``v`` reached by
-        ``num_steps`` steps of power iteration on :math:`W^\top W` from a random start
-        (``key``, default ``PRNGKey(0)``). It converges to :math:`\|W\|` from below, at a rate
-        set by the gap between the two largest distinct singular values."""
-        if key is None:
-            key = jax.random.PRNGKey(0)
-        dtype = jnp.asarray(self.kernel).dtype
-        v = jax.random.normal(key, self.in_shape, dtype)
-        v = v / jnp.linalg.norm(v)
+    def transfer_matrices(self) -> jax.Array:
+        r"""The per-frequency matrices of a circular convolution, on the half spectrum of
+        :func:`jax.numpy.fft.rfft2`: ``M`` of shape ``(H, W // 2 + 1, c_out, c_in)`` (complex)
+        with ``rfft2(W z)[f] = M[f] @ rfft2(z)[f]`` for every sample ``z`` (axes 0, 1).
 
-        def step(_, v):
-            w = self.transpose(self.apply(v))
-            return w / jnp.linalg.norm(w)
+        :math:`M_f = \sum_d h[d]^\top e^{+2\pi i \langle f, d\rangle/(H, W)}`, the conjugate
+        transpose of the DFT of the wrapped kernel ``h`` (module docstring); the adjoint has
+        :math:`M_f^H`. Only for ``padding="circular"``: a zero-padded convolution is not
+        diagonalised by the DFT."""
+        if self.padding != "circular":
+            raise ValueError(
+                "transfer_matrices needs padding='circular': the DFT diagonalises only a "
+                f"periodic convolution, and this one has padding={self.padding!r}")
+        kernel = jnp.asarray(self.kernel)
+        h = _wrapped_taps(kernel, self.spatial, 1, (self.kernel_size - 1) // 2)
+        blocks = jnp.fft.rfft2(h, axes=(0, 1))  # (H, W//2+1, c_in, c_out)
+        return jnp.conj(jnp.swapaxes(blocks, 2, 3))
 
-        v = jax.lax.fori_loop(0, int(num_steps), step, v)
-        return jnp.linalg.norm(self.apply(v))
+
+def _zero_padded_grid(size: int, k: int, stride: int, offset: int) -> int:
+    """The smallest multiple of ``stride`` >= ``size + max(offset, k - stride - offset)``: a
+    torus on which the zero-padded strided correlation never wraps onto the data."""
+    extra = max(offset, k - stride - offset, 0)
+    return size + stride * (-(-extra // stride))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StridedConv2D(_PowerIteration):
+    r"""``A``: a strided 2-D convolution from ``(H, W, c_in)`` to ``(H/s, W/s, c_out)``, a coupling
+    between resolutions (e.g. 14 x 14 -> 7 x 7 in a multi-scale chain).
+
+    With the kernel ``K`` of shape ``(k, k, c_in, c_out)`` (any ``k >= 1``; ``p = (k - 1) // 2``)
+    and stride :math:`s` dividing ``H`` and ``W``,
+
+    .. math::
+
+        (A z)[i, j, o] = \sum_{a, b < k} \sum_c K[a, b, c, o]\,
+                         \tilde z[s i + a - p,\ s j + b - p,\ c],
+
+    :math:`\tilde z` the extension of :math:`z` by zeros (``"zeros"``) or periodically
+    (``"circular"``). For ``s = 1`` and odd ``k`` this is :class:`Conv2D`.
+
+    **Adjoint** (a transposed convolution). :math:`(A^\top y)[m] = \sum_a K[a]\,\hat y[m + p - a]`
+    where :math:`\hat y` is :math:`y` upsampled by :math:`s` with zeros
+    (:math:`\hat y[s i] = y[i]`, 0 elsewhere on the :math:`H \times W` grid); with
+    :math:`a' = k - 1 - a` it is a stride-1 correlation of :math:`\hat y` with the kernel flipped
+    in space and its channel axes swapped, padded by :math:`(k - 1 - p, p)` (zeros, or
+    periodically: for the circular map every index is taken mod :math:`(H, W)`, which is a
+    bijection).
+
+    **Spectral norm (circular, exact).** Split :math:`z` into its :math:`s^2` polyphase
+    components :math:`z_r[j] = z[s j + r]` (:math:`0 \le r < s` per axis), each on the
+    :math:`(H/s) \times (W/s)` torus; stacking them along the channels is a permutation of
+    the entries (an orthogonal map :math:`P`). Tap :math:`a` reads :math:`s i + a - p = s(i + d)
+    + r` with :math:`r = (a - p) \bmod s`, :math:`d = \lfloor (a - p)/s \rfloor`, so
+    :math:`A = C P` with :math:`C` a stride-1 circular correlation from :math:`s^2 c_{in}` to
+    :math:`c_{out}` channels on the coarse torus. As for :class:`Conv2D`, the DFT
+    block-diagonalises :math:`C` into :math:`c_{out} \times s^2 c_{in}` matrices :math:`M_f`, and
+    :math:`\|A\| = \|C\| = \max_f \|M_f\|_2`.
+
+    **Spectral norm (zeros, certified bound).** Embed :math:`z` with zeros in the torus of
+    :math:`G = H + s \lceil e / s\rceil` rows, :math:`e = \max(p, k - s - p, 0)` (likewise
+    columns; an isometry :math:`E`), apply the circular strided correlation :math:`C_G` there
+    and keep the first :math:`H/s` output rows and columns (a coordinate projection :math:`Q`).
+    Output :math:`i < H/s` reads rows :math:`s i - p \ge -p`, which wrap to :math:`\ge G - p \ge
+    H`, up to :math:`s i + k - 1 - p \le H + k - s - p - 1 < G`: never a data row, only zeros,
+    exactly as the zero extension does. So :math:`A = Q C_G E` and :math:`\|A\| \le \|C_G\|`,
+    computed exactly as above: a certified upper bound, tight up to boundary effects.
+
+    Attributes:
+      kernel: ``(k, k, c_in, c_out)`` (HWIO; a pytree leaf, differentiable).
+      spatial: ``(H, W)`` of the input, both divisible by ``stride`` (static).
+      stride: ``s >= 1`` (static).
+      padding: ``"zeros"`` or ``"circular"`` (static).
+    """
+
+    kernel: jax.Array
+    spatial: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
+    stride: int = dataclasses.field(default=2, metadata=dict(static=True))
+    padding: str = dataclasses.field(default="zeros", metadata=dict(static=True))
+
+    def __post_init__(self):
+        spatial = _check_spatial(self.spatial)
+        object.__setattr__(self, "spatial", spatial)
+        try:
+            stride = operator.index(self.stride)
+        except TypeError:
+            stride = None
+        if stride is None or isinstance(self.stride, bool) or stride < 1:
+            raise ValueError(f"stride must be a positive int, got {self.stride!r}")
+        object.__setattr__(self, "stride", stride)
+        if spatial[0] % stride or spatial[1] % stride:
+            raise ValueError(
+                f"the input size {spatial} must be divisible by the stride {stride} (the output "
+                f"is (H/s, W/s)); crop or pad the input to a multiple of {stride}")
+        if self.padding not in _PADDINGS:
+            raise ValueError(f"padding must be one of {_PADDINGS}, got {self.padding!r}")
+        _check_kernel("StridedConv2D", self.kernel, odd=False)
+
+    @classmethod
+    def init(cls, key, k: int, c_in: int, c_out: int, spatial, stride: int = 2,
+             padding: str = "zeros", dtype=jnp.float32) -> "StridedConv2D":
+        """He-normal initialisation: entries N(0, 2 / (k^2 c_in)); rescale before use in a
+        convex layer (e.g. :func:`optjax.deep.normalize`)."""
+        if not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        std = math.sqrt(2.0 / (k * k * c_in))
+        kernel = std * jax.random.normal(key, (k, k, c_in, c_out), dtype)
+        return cls(kernel=kernel, spatial=spatial, stride=stride, padding=padding)
+
+    # -- shapes ------------------------------------------------------------------------------
+    @property
+    def kernel_size(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def offset(self) -> int:
+        """``p = (k - 1) // 2``: tap ``a`` reads input pixel ``s i + a - p``."""
+        return (self.kernel_size - 1) // 2
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return self.spatial + (int(self.kernel.shape[2]),)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        s = self.stride
+        return (self.spatial[0] // s, self.spatial[1] // s, int(self.kernel.shape[3]))
+
+    # -- the map -----------------------------------------------------------------------------
+    def apply(self, z: jax.Array) -> jax.Array:
+        """``A z`` for one sample: ``(H, W, c_in) -> (H/s, W/s, c_out)``."""
+        _check_sample("StridedConv2D", "apply", z, self.in_shape)
+        k, p, s = self.kernel_size, self.offset, self.stride
+        # the last output reads up to pixel H - s + k - 1 - p: pad that far, no further
+        after = max(0, k - s - p)
+        return _correlate(z, self.kernel, ((p, after), (p, after)), self.padding, s)
+
+    def transpose(self, y: jax.Array) -> jax.Array:
+        r""":math:`A^\top y` for one sample: ``(H/s, W/s, c_out) -> (H, W, c_in)``: ``y``
+        upsampled by zeros, then the stride-1 correlation with the adjoint kernel (class
+        docstring)."""
+        _check_sample("StridedConv2D", "transpose", y, self.out_shape)
+        k, p, s = self.kernel_size, self.offset, self.stride
+        n1, n2, c = y.shape
+        # upsample: y[i, j] at (s i, s j), zeros elsewhere (a pad and a reshape, no scatter)
+        up = jnp.pad(y[:, None, :, None, :], ((0, 0), (0, s - 1), (0, 0), (0, s - 1), (0, 0)))
+        up = up.reshape(n1 * s, n2 * s, c)
+        return _correlate(up, _adjoint_kernel(self.kernel), ((k - 1 - p, p), (k - 1 - p, p)),
+                          self.padding, 1)
+
+    # -- norms -------------------------------------------------------------------------------
+    def spectral_norm(self) -> jax.Array:
+        r""":math:`\|A\|_2`: exact for ``"circular"`` (polyphase components + FFT); for
+        ``"zeros"`` a certified upper bound, the exact norm of the circular strided convolution
+        on the zero-padded torus that :math:`A` is a restriction of (class docstring)."""
+        k, p, s = self.kernel_size, self.offset, self.stride
+        if self.padding == "circular":
+            grid = self.spatial
+        else:
+            grid = tuple(_zero_padded_grid(n, k, s, p) for n in self.spatial)
+        kernel = jnp.asarray(self.kernel)
+        coarse = (grid[0] // s, grid[1] // s)
+        return _circular_norm(kernel, coarse, s, p).astype(kernel.dtype)

@@ -1,30 +1,31 @@
-r"""The public entry point: ``z_star, info = equilibrium(problem, x, ...)``.
+r"""The engine: ``z_star, info = equilibrium(problem, x, ...)`` for every problem type.
 
-Solves, for every sample of the batch ``x``,
+For every sample of the batch ``x`` it solves the problem's fixed point
 
-.. math:: z^\star = \operatorname{prox}_R\big(W^\top \sigma(W z^\star + U x + b)\big)
-          = \arg\min_z\ G(z; x) + R(z),
+.. math:: z^\star = S(z^\star; \theta, d(x)),
 
-returns :math:`z^\star` (differentiable, with implicit gradients) and a :class:`SolveInfo` with
-per-sample steps, evaluations of the map, residual, objective, convergence and non-finite flags,
-status codes and the suboptimality certificate.
+for an OptEq problem :math:`S = \operatorname{prox}_R \circ T`, whose fixed point is
+:math:`\arg\min_z G(z; x) + R(z)`; returns :math:`z^\star` (differentiable, with implicit
+gradients) and a :class:`~optjax.info.SolveInfo` with per-sample steps, evaluations of the map,
+residual, objective, convergence and non-finite flags, status codes and the certificate. The
+same function solves deep OptEq chains (:mod:`optjax.deep`), DEQ (:mod:`optjax.deq`) and
+monotone DEQ (:mod:`optjax.mondeq`) problems: a problem type supplies its map and what it knows
+about it (:class:`~optjax.problem.EquilibriumProblem`), the engine does the rest.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from optjax import backward as _backward
 from optjax import solvers as _solvers
-from optjax.certificate import make_certificate
-from optjax.config import ConfigError, positive_int, require
+from optjax.config import ConfigError, positive_int
 from optjax.implicit import fixed_point
-from optjax.info import BackwardStats, SolveInfo, Status
-from optjax.operator import EquilibriumMap
-from optjax.problem import NonconvexError, OptEqProblem, convexity_margin, injection
+from optjax.info import BackwardStats, SolveInfo, status_codes
+from optjax.problem import Defect, EquilibriumProblem
 
 __all__ = ["equilibrium", "backward_probe"]
 
@@ -44,55 +45,57 @@ def backward_probe(batch_size: int, dtype=jnp.float32) -> BackwardStats:
     return BackwardStats.zeros(batch_size, dtype)
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def _static_tol(tol) -> float:
+    if isinstance(tol, jax.core.Tracer):
+        raise ConfigError(
+            "tol is a static setting (it fixes the solver's stopping test when the solve is "
+            "compiled), but a traced value was passed: under jax.jit, close over it or mark it "
+            "static (static_argnames=('tol',)); pass a Python float")
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(tol, bool) or value is None or not value > 0 or value == float("inf"):
+        raise ConfigError(f"tol must be a positive finite number, got {tol!r}")
+    return value
 
 
 def _batched(name, value, batch, shape, dtype):
-    """Broadcast a per-sample vector (``shape``) or a batch (``(batch,) + shape``)."""
+    """Broadcast a per-sample array (``shape``) or a batch (``(batch,) + shape``)."""
     value = jnp.asarray(value, dtype)
     if value.shape == shape:
         return jnp.broadcast_to(value, (batch,) + shape)
     if value.shape != (batch,) + shape:
         raise ValueError(
-            f"{name} must have shape {shape} or {(batch,) + shape} (batch, state); got {value.shape}"
-        )
+            f"{name} must have shape {shape} or {(batch,) + shape} (batch, state); got "
+            f"{value.shape}")
     return value
 
 
-def _check_input(problem: OptEqProblem, x) -> jax.Array:
-    if not hasattr(x, "shape"):
-        x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must have a floating dtype, got {x.dtype}; convert it with x.astype(float)")
-    want = problem.input_shape
-    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-        hint = " (add a batch axis: x[None])" if tuple(x.shape) == want else ""
-        raise ValueError(
-            f"x must have shape (batch,) + {want} for this problem; got {tuple(x.shape)}{hint}"
-        )
-    return x
-
-
-def _resolve_backward(problem: OptEqProblem, backward, options) -> _backward.Backward:
-    symmetric = problem.prior is None or type(problem.prior).scalar_jacobian
+def _resolve_backward(problem: EquilibriumProblem, backward, options) -> _backward.Backward:
+    symmetric = problem.symmetric_jacobian
     if backward == "auto":
         backward = "cg" if symmetric else "gmres"
     mode = _backward.get(backward, **(options or {}))
     if mode.requires_symmetric and not symmetric:
         raise ConfigError(
-            f"backward={mode.name!r} needs a symmetric system, but the prior "
-            f"{type(problem.prior).__name__} makes I - J non-symmetric; use backward='gmres' "
-            "or 'fixed_point'"
-        )
+            f"backward={mode.name!r} needs a symmetric system, but I - J is not symmetric for "
+            f"this {problem.kind} problem{' (its prior)' if problem.kind == 'opteq' else ''}; use "
+            "backward='gmres' or 'fixed_point'")
     return mode
 
 
+def _data_dtype(data):
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(data)
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.result_type(*leaves)
+
+
 def equilibrium(
-    problem: OptEqProblem,
+    problem: EquilibriumProblem,
     x: jax.Array,
     *,
-    solver="nesterov",
+    solver=None,
     tol: float = 1e-5,
     max_steps: int = 200,
     backward="auto",
@@ -104,14 +107,17 @@ def equilibrium(
     backward_probe: BackwardStats | None = None,
     certify: bool = True,
 ) -> tuple[jax.Array, SolveInfo]:
-    """Solve the OptEq problem for a batch and return ``(z_star, info)``.
+    """Solve ``problem`` for a batch and return ``(z_star, info)``.
 
     Args:
-      problem: an :class:`OptEqProblem`.
+      problem: an :class:`~optjax.problem.EquilibriumProblem`: :class:`optjax.OptEqProblem`,
+        :class:`optjax.deep.DeepProblem`, :class:`optjax.deq.DEQProblem`,
+        :class:`optjax.mondeq.MonDEQProblem`, or your own.
       x: inputs, shape ``(batch,) + problem.input_shape``.
-      solver: ``"nesterov"`` (default: FISTA with adaptive restart on G + R), ``"fixed_point"``,
-        ``"anderson"``, ``"halpern"``, or a :mod:`optjax.solvers` instance.
-      tol: per-sample tolerance on the residual ||z - S(z)|| (absolute, l2).
+      solver: a name in ``optjax.solvers.SOLVERS`` or a :mod:`optjax.solvers` instance;
+        ``None``: the problem's default (``"nesterov"`` for OptEq: FISTA with adaptive restart
+        on G + R).
+      tol: per-sample tolerance on the residual ||z - S(z)|| (absolute, l2), a Python number.
       max_steps: iteration cap per sample.
       backward: ``"auto"`` (conjugate gradients when I - J is symmetric, else GMRES), ``"cg"``,
         ``"gmres"``, ``"fixed_point"``, ``"phantom"``, or a :mod:`optjax.backward` instance.
@@ -121,114 +127,107 @@ def equilibrium(
       anchor: Halpern anchor(s) ``u`` (default 0); the iteration starts there.
       init: initial point(s) (default 0, or the anchor for Halpern); no gradient flows into it.
       backward_probe: see :func:`backward_probe`.
-      certify: compute ``||W||`` (exactly for a dense W, unless ``problem.weight_norm`` is
-        given), check convexity and bound the suboptimality. ``False`` skips all three (the
-        exact norm of a 512 x 256 matrix costs about 17 evaluations of T on a CPU): the
-        modulus is then NaN and the bounds infinite, and convexity is the caller's promise.
+      certify: check the problem's assumptions and bound the suboptimality (for OptEq:
+        ``||W||`` from ``problem.weight_norm``, or computed exactly -- once per weight array
+        when called eagerly, every call inside your own ``jit`` unless ``weight_norm`` is
+        given; see :meth:`optjax.OptEqProblem.with_norm`). ``False`` computes no norm: the
+        bounds are infinite, and only clearly nonconvex weights are detected (a cheap
+        certified lower bound on ``||W||``).
 
     Raises:
-      NonconvexError: when, outside of tracing, s_sigma * ||W||^2 > 1 (under ``jit`` the samples
-        get ``Status.NONCONVEX`` and ``converged = False`` instead).
-      ConfigError, ValueError, TypeError: bad options, shapes or dtypes, with what to change.
+      NonconvexError: when, outside of tracing, the problem breaks convexity (under ``jit`` the
+        samples get ``Status.NONCONVEX`` with the reason in ``info.failures()``).
+      ConfigError, ValueError, TypeError: bad options, shapes, dtypes or problem parameters,
+        with what to change.
     """
-    if not isinstance(problem, OptEqProblem):
-        raise TypeError(f"problem must be an optjax.OptEqProblem, got {type(problem).__name__}")
+    if not isinstance(problem, EquilibriumProblem):
+        raise TypeError(
+            "problem must be an optjax equilibrium problem (OptEqProblem, deep.DeepProblem, "
+            f"deq.DEQProblem, mondeq.MonDEQProblem); got {type(problem).__name__}")
     positive_int("equilibrium", "max_steps", max_steps)
-    require(
-        isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0,
-        f"tol must be a positive number, got {tol!r}",
-    )
-    solver_cfg = _solvers.get(solver, **(solver_options or {}))
+    tol = _static_tol(tol)
+    if not isinstance(certify, bool):
+        raise ConfigError(f"certify must be True or False, got {certify!r}")
+    solver_cfg = _solvers.get(problem.default_solver if solver is None else solver,
+                              **(solver_options or {}))
+    if getattr(solver_cfg, "needs_objective", False) and not problem.has_objective:
+        raise ConfigError(
+            f"solver {solver_cfg.name!r} needs an explicit objective, which this "
+            f"{problem.kind} problem does not have; use 'anderson' or 'fixed_point'")
     backward_cfg = _resolve_backward(problem, backward, backward_options)
-    x = _check_input(problem, x)
+    x = problem.check_input(x)
+    problem.check_feature(feature)
+    if anchor is not None and not solver_cfg.uses_anchor:
+        raise ConfigError(
+            f"anchor= is used by the Halpern solver only, not {solver_cfg.name!r}; pass "
+            "solver='halpern', or use init= to warm-start")
 
-    c = injection(problem, x)
-    dtype = c.dtype
+    problem = problem.prepare(certify=certify)
+    conditions = _conditions(problem, certify)
+    # A defective problem certifies nothing: its bounds are infinite whatever the norm says.
+    conditions = conditions._replace(modulus=jnp.where(conditions.defects == 0,
+                                                       conditions.modulus, jnp.nan))
+    problem.validate(conditions)  # eager: a defective problem is refused with the reason
+
     batch = x.shape[0]
-    shape = problem.state_shape
-
-    prior = problem.prior
-    if prior is not None and type(prior).needs_feature:
-        if feature is None:
-            raise ValueError(
-                f"the {type(prior).__name__} prior needs feature=u, the per-sample vector "
-                f"the equilibrium should stay near (shape {shape} or {(batch,) + shape})"
-            )
-        feature = _batched("feature", feature, batch, shape, dtype)
-    elif feature is not None:
-        raise ValueError("feature= is only used by the Quadratic prior; this problem has none")
-
+    data_dtype = _data_dtype(jax.eval_shape(problem.sample_data, x))
+    shape = tuple(problem.state_shape)
+    if feature is not None:
+        feature = _batched("feature", feature, batch, shape, data_dtype)
     if anchor is not None:
-        if not solver_cfg.uses_anchor:
-            raise ConfigError(
-                f"anchor= is used by the Halpern solver only, not {solver_cfg.name!r}; pass "
-                "solver='halpern', or use init= to warm-start"
-            )
-        anchor = _batched("anchor", anchor, batch, shape, dtype)
+        anchor = _batched("anchor", anchor, batch, shape, data_dtype)
     if init is not None:
-        z0 = _batched("init", init, batch, shape, dtype)
+        init = _batched("init", init, batch, shape, data_dtype)
+    probe = backward_probe if backward_probe is not None else BackwardStats.zeros(batch, data_dtype)
+    return _solve(problem, x, feature, anchor, init, probe, conditions, solver=solver_cfg,
+                  backward=backward_cfg, tol=tol, max_steps=int(max_steps), certify=certify)
+
+
+@functools.partial(jax.jit, static_argnames=("certify",))
+def _conditions(problem, certify):
+    return problem.conditions(certify=certify)
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "backward", "tol", "max_steps", "certify"))
+def _solve(problem, x, feature, anchor, init, probe, conditions, *, solver, backward, tol,
+           max_steps, certify):
+    """The solve and its result, compiled once per configuration (also when called eagerly)."""
+    batch = x.shape[0]
+    params = problem.parameters()
+    data = problem.sample_data(x, feature)
+    dtype = _data_dtype(data)
+    shape = tuple(problem.state_shape)
+    if init is not None:
+        z0 = init
     elif anchor is not None:
         z0 = anchor
     else:
         z0 = jnp.zeros((batch,) + shape, dtype)
-    if solver_cfg.uses_anchor and anchor is None:
+    if solver.uses_anchor and anchor is None:
         anchor = jnp.zeros((batch,) + shape, dtype)
 
-    if certify:
-        # Computed once, then carried by the problem into the certificate.
-        problem = dataclasses.replace(problem, weight_norm=problem.spectral_norm())
-        margin = convexity_margin(problem)
-    else:
-        margin = jnp.asarray(1.0, dtype)
-    if _is_concrete(margin):
-        slack = 64 * float(jnp.finfo(dtype).eps)
-        if float(margin) < -slack:
-            raise NonconvexError(
-                f"s_sigma * ||W||^2 = {1 - float(margin):.6g} > 1 (||W|| = "
-                f"{float(problem.spectral_norm()):.6g}, activation {problem.activation.name!r} "
-                f"with s_sigma = {problem.activation.slope_bound}): the unit layer is no longer the "
-                "gradient of a convex function, so no equilibrium or certificate is guaranteed. "
-                "Rescale W (e.g. W / ||W||) or use a norm-controlled parametrisation."
-            )
-        convex = jnp.asarray(True)
-    else:
-        convex = margin >= -64 * jnp.finfo(dtype).eps
+    z_star, stats = fixed_point(problem.equilibrium_map(), solver, backward, tol, max_steps,
+                                params, data, jax.lax.stop_gradient(z0),
+                                None if anchor is None else jax.lax.stop_gradient(anchor), probe)
 
-    probe = backward_probe if backward_probe is not None else BackwardStats.zeros(batch, dtype)
-    map_fn = EquilibriumMap(problem.activation, problem.compute_dtype)
-    params = (problem.weight, problem.prior)
-    z_star, stats = fixed_point(
-        map_fn,
-        solver_cfg,
-        backward_cfg,
-        float(tol),
-        int(max_steps),
-        params,
-        (c, feature),
-        z0,
-        anchor,
-        probe,
-    )
-
-    cert = make_certificate(problem, z_star, stats.residual, x, feature, certified=certify)
-    finite_in = jnp.all(jnp.isfinite(x.reshape(batch, -1)), axis=1)
-    finite_out = jnp.all(jnp.isfinite(z_star.reshape(batch, -1)), axis=1)
+    cert = problem.certificate(z_star, stats.last, stats.residual, params, data, conditions)
+    finite_in = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+    finite_out = jnp.all(jnp.isfinite(z_star), axis=tuple(range(1, z_star.ndim)))
     nonfinite = ~(finite_in & finite_out & jnp.isfinite(stats.residual))
-    reached = stats.residual <= tol
-    status = jnp.where(
-        ~convex,
-        Status.NONCONVEX,
-        jnp.where(nonfinite, Status.NONFINITE, jnp.where(reached, Status.CONVERGED, Status.MAX_STEPS)),
-    ).astype(jnp.int32)
+    status = status_codes(conditions.defects, nonfinite, stats.residual, tol)
     info = SolveInfo(
         steps=stats.steps,
         evaluations=stats.evaluations,
-        converged=status == Status.CONVERGED,
-        nonfinite=nonfinite,
+        converged=status == 0,
+        nonfinite=nonfinite | ((conditions.defects & int(Defect.NONFINITE_PARAMETERS)) != 0),
         status=status,
         certificate=cert,
-        tol=float(tol),
-        max_steps=int(max_steps),
-        solver=solver_cfg.name,
+        defects=conditions.defects,
+        tol=tol,
+        max_steps=max_steps,
+        solver=solver.name,
+        problem=problem.kind,
+        certified=certify,
+        reasons=tuple((int(bit), text) for bit, text in problem.defect_reasons.items()),
     )
     return z_star, info

@@ -1,31 +1,42 @@
 r"""Fixed points with implicit gradients (``jax.custom_vjp`` around the solve).
 
-Forward: every sample is solved independently (``vmap`` of a per-sample solver, so stopping is
-per sample), then the map is applied once more at the solver's last point:
-:math:`z^\star = S(z_{\text{last}})`, the point the certificate describes.
+Forward: the solver runs on every sample independently (per-sample stopping), then the map is
+applied once more at the solver's last point: :math:`z^\star = S(z_{\text{last}})`, the point
+the certificate describes. A map may offer another iteration with the same fixed points to
+solve with (``solve_map`` on a state :math:`u`, with ``solve_state(z) = u`` and
+``equilibrium_point(u) = z``; e.g. a splitting method in scaled coordinates); the residual is
+still measured with :math:`S` itself.
 
 Backward (see :mod:`optjax.backward`): per sample, solve :math:`(I - J^\top) v = g` with
-:math:`J^\top v` a VJP of :math:`S` at :math:`z^\star`; then one batched VJP of :math:`S` with
-respect to the shared parameters and the per-sample data gives their cotangents. Nothing of the
-forward iterations is stored: memory is that of one evaluation of :math:`S`.
+:math:`J^\top v` from the map's structured ``jacobian_transpose`` (or a VJP of :math:`S`) at
+:math:`z^\star`; then one batched VJP of :math:`S` with respect to the shared parameters and the
+per-sample data gives their cotangents. Nothing of the forward iterations is stored: memory is
+that of one evaluation of :math:`S`. The gradient depends only on the fixed point, not on the
+solver.
+
+Non-finite samples: a sample whose equilibrium or data holds NaN/Inf contributes nothing to the
+gradients of the shared parameters (it cannot poison the batch); its own data cotangent is 0 when
+the loss does not depend on it, NaN otherwise.
 
 The statistics of the backward solve leave the backward pass as the cotangent of ``probe``, a
-zero-valued :class:`~optjax.info.BackwardStats` input: differentiate with respect to it to read
-them (see :func:`optjax.backward_probe`).
+zero-valued :class:`~optjax.info.BackwardStats` input (see :func:`optjax.backward_probe`); a
+backward solve that stops above its tolerance also raises an
+:class:`~optjax.info.EquilibriumWarning` (once per call site) unless its mode says
+``on_failure="ignore"``.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from optjax.backward import Backward
-from optjax.info import BackwardStats
+from optjax.info import BackwardStats, EquilibriumWarning
 from optjax.solvers import Solver
-from optjax.solvers._base import norm
 
 __all__ = ["ForwardStats", "fixed_point"]
 
@@ -34,25 +45,60 @@ class ForwardStats(NamedTuple):
     residual: jax.Array  # ||z_last - S(z_last)||
     steps: jax.Array
     evaluations: jax.Array
+    last: jax.Array  # z_last, the point whose image S(z_last) is returned (no gradient)
+
+
+def _norms(v: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(v**2, axis=tuple(range(1, v.ndim))))
+
+
+def _run_solver(solver, fn, value_and_map, z0, data, anchor, tol, max_steps):
+    batch_solve = getattr(solver, "solve_batch", None)
+    if batch_solve is not None:
+        return batch_solve(fn, z0, data, tol=tol, max_steps=max_steps, anchor=anchor,
+                           value_and_map=value_and_map)
+
+    def one(z0_i, data_i, anchor_i):  # solvers without a batched form
+        extra = {} if value_and_map is None else dict(
+            value_and_map=lambda z: value_and_map(z, data_i))
+        return solver.run(lambda z: fn(z, data_i), z0_i, tol=tol, max_steps=max_steps,
+                          anchor=anchor_i, **extra)
+
+    return jax.vmap(one)(z0, data, anchor)
 
 
 def _solve(map_fn, solver, tol, max_steps, params, data, z0, anchor):
-    def one(z0_i, data_i, anchor_i):
-        fn = lambda z: map_fn(z, params, data_i)  # noqa: E731
-        run = solver.run(fn, z0_i, tol=tol, max_steps=max_steps, anchor=anchor_i)
+    apply = jax.vmap(map_fn, in_axes=(0, None, 0))
+    solve_map = getattr(map_fn, "solve_map", None)
+    if solve_map is None:
+        fn = lambda z, d: map_fn(z, params, d)  # noqa: E731
+        vam = getattr(map_fn, "value_and_map", None)
+        if vam is None or not getattr(solver, "needs_objective", False):
+            value_and_map = None
+        else:
+            value_and_map = lambda z, d: vam(z, params, d)  # noqa: E731
+        run = _run_solver(solver, fn, value_and_map, z0, data, anchor, tol, max_steps)
+        point, image = run.point, run.image
         evaluations = run.evaluations
-        image = run.image
-        if image is None:
-            image = fn(run.point)
-            evaluations = evaluations + 1
-        stats = ForwardStats(
-            residual=norm(run.point - image),
-            steps=run.steps.astype(jnp.int32),
-            evaluations=jnp.asarray(evaluations).astype(jnp.int32),
-        )
-        return image, stats
-
-    return jax.vmap(one)(z0, data, anchor)
+    else:
+        lift = jax.vmap(map_fn.solve_state, in_axes=(0, None, 0))
+        u_anchor = None if anchor is None else lift(anchor, params, data)
+        fn = lambda u, d: solve_map(u, params, d)  # noqa: E731
+        run = _run_solver(solver, fn, None, lift(z0, params, data), data, u_anchor, tol,
+                          max_steps)
+        point = jax.vmap(map_fn.equilibrium_point, in_axes=(0, None, 0))(run.point, params, data)
+        image = None
+        evaluations = run.evaluations
+    if image is None:
+        image = apply(point, params, data)
+        evaluations = evaluations + 1
+    stats = ForwardStats(
+        residual=_norms(point - image),
+        steps=jnp.asarray(run.steps).astype(jnp.int32),
+        evaluations=jnp.asarray(evaluations).astype(jnp.int32),
+        last=point,
+    )
+    return image, stats
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
@@ -71,9 +117,12 @@ def fixed_point(
     r"""Batched fixed point :math:`z^\star_i = S(z^\star_i; \text{params}, \text{data}_i)`.
 
     Args:
-      map_fn: ``map_fn(z, params, data_i)``, the equilibrium map for one sample. If it has a
-        ``jacobian_transpose(z, params, data_i)`` method returning ``v -> J^T v``, the backward
-        pass uses it instead of ``jax.vjp`` (see :class:`optjax.operator.EquilibriumMap`).
+      map_fn: ``map_fn(z, params, data_i)``, the equilibrium map for one sample (hashable).
+        Optional methods: ``jacobian_transpose(z, params, data_i) -> (v -> J^T v)`` (used
+        instead of ``jax.vjp`` in the backward pass), ``value_and_map(z, params, data_i) ->
+        (F(z), S(z))`` (for solvers that use the objective), and ``solve_map`` /
+        ``solve_state`` / ``equilibrium_point`` (another iteration to solve with; see the
+        module docstring).
       solver, backward, tol, max_steps: static settings.
       params: pytree shared by the batch (differentiable).
       data: pytree with a leading batch axis (differentiable).
@@ -92,9 +141,45 @@ def _fwd(map_fn, solver, backward, tol, max_steps, params, data, z0, anchor, pro
     return (z_star, stats), (params, data, z_star, z0, anchor, probe)
 
 
+def _finite_rows(tree, batch) -> jax.Array:
+    ok = jnp.ones((batch,), bool)
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim)))
+    return ok
+
+
+def _rows_where(keep, tree, fill):
+    def pick(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return leaf
+        mask = keep.reshape((-1,) + (1,) * (leaf.ndim - 1))
+        return jnp.where(mask, leaf, jnp.asarray(fill, leaf.dtype))
+    return jax.tree_util.tree_map(pick, tree)
+
+
+def _warn_backward(failed):
+    # One fixed text, so that Python's default filter shows it once per process, not per step;
+    # the per-sample figures are in the backward statistics (optjax.backward_probe).
+    if int(failed):
+        warnings.warn(
+            "the backward (gradient) solve stopped above its tolerance for some samples: their "
+            "gradients are approximate. Raise the backward mode's max_steps, use "
+            "backward='gmres' or 'cg', read the per-sample statistics with "
+            "optjax.backward_probe, or pass on_failure='ignore' to the backward mode.",
+            EquilibriumWarning, stacklevel=1)
+
+
 def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
     params, data, z_star, z0, anchor, probe = residuals
     g, _ = cotangents
+    batch = z_star.shape[0]
+
+    # Non-finite samples are solved and differentiated at a harmless point, then masked.
+    ok = _finite_rows((z_star, data), batch)
+    z_safe = _rows_where(ok, z_star, 0.0)
+    data_safe = _rows_where(ok, data, 0.0)
+    g_safe = _rows_where(ok, g, 0.0)
 
     structured = getattr(map_fn, "jacobian_transpose", None)
 
@@ -107,16 +192,29 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
         result = backward.solve(apply_a, g_i)
         return result.solution, result
 
-    v, result = jax.vmap(one)(z_star, data, g)
-    batched_map = lambda p, d: jax.vmap(map_fn, in_axes=(0, None, 0))(z_star, p, d)  # noqa: E731
-    _, vjp_params = jax.vjp(batched_map, params, data)
+    v, result = jax.vmap(one)(z_safe, data_safe, g_safe)
+    v = _rows_where(ok, v, 0.0)
+    batched_map = lambda p, d: jax.vmap(map_fn, in_axes=(0, None, 0))(z_safe, p, d)  # noqa: E731
+    _, vjp_params = jax.vjp(batched_map, params, data_safe)
     params_bar, data_bar = vjp_params(backward.output_scale * v)
+    # A bad sample's own cotangent: 0 if the loss ignores it, NaN otherwise.
+    ignored = ~jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+    fill = jnp.where(ignored, 0.0, jnp.nan)
+
+    def own(leaf):
+        shape = (-1,) + (1,) * (leaf.ndim - 1)
+        return jnp.where(ok.reshape(shape), leaf, fill.reshape(shape).astype(leaf.dtype))
+
+    data_bar = jax.tree_util.tree_map(own, data_bar)
+
+    if getattr(backward, "on_failure", "ignore") == "warn":
+        jax.debug.callback(_warn_backward, jnp.sum(ok & ~result.converged))
 
     dtype = probe.steps.dtype
     probe_bar = BackwardStats(
         steps=result.steps.astype(dtype),
         residual=result.residual.astype(dtype),
-        converged=result.converged.astype(dtype),
+        converged=(result.converged & ok).astype(dtype),
     )
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)  # noqa: E731
     return params_bar, data_bar, zeros(z0), zeros(anchor), probe_bar

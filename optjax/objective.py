@@ -1,6 +1,6 @@
 r"""The explicit convex objective whose minimiser is the equilibrium, and its dual.
 
-Primal (OPTEQ.md section 3, with the prior of section 5):
+Primal (docs/maths.md, section 3, with the prior of section 5):
 
 .. math::
 
@@ -30,11 +30,9 @@ __all__ = ["objective", "dual_objective", "primal_value", "dual_value"]
 
 def primal_value(activation, z, params, data) -> jax.Array:
     """F(z) = G(z) + R(z) for one sample (``params = (weight, prior)``, ``data = (c, feature)``)."""
-    weight, prior = params
-    c, feature = data
-    pre = linear_map.apply(weight, z) + c
-    g = 0.5 * jnp.sum(z * z) - jnp.sum(activation.potential(pre))
-    return g if prior is None else g + prior.value(z, feature)
+    from optjax.operator import value_and_map
+
+    return value_and_map(activation, z, params, data)[0]
 
 
 def dual_value(activation, weight, s, c) -> jax.Array:
@@ -51,11 +49,9 @@ def dual_value(activation, weight, s, c) -> jax.Array:
 
 def objective(problem: OptEqProblem, z: jax.Array, x: jax.Array, feature=None) -> jax.Array:
     """Per-sample primal objective F(z; x) = G(z; x) + R(z), shape ``(B,)``."""
-    c = injection(problem, x)
-    params = (problem.weight, problem.prior)
-    return jax.vmap(lambda zi, ci, fi: primal_value(problem.activation, zi, params, (ci, fi)))(
-        z, c, feature
-    )
+    map_fn = problem.equilibrium_map()
+    return jax.vmap(map_fn.objective, in_axes=(0, None, 0))(
+        z, problem.parameters(), problem.sample_data(x, feature))
 
 
 def dual_objective(problem: OptEqProblem, s: jax.Array, x: jax.Array) -> jax.Array:

@@ -1,12 +1,12 @@
-r"""The unit operator and the equilibrium map, for one sample.
+r"""The unit operator and the equilibrium map of an OptEq problem, for one sample.
 
 .. math::
 
     T(z) = W^\top \sigma(W z + c) = \nabla \psi(z), \quad \psi(z) = \textstyle\sum_i \Phi((Wz + c)_i),
 
-    S(z) = \operatorname{prox}_R(T(z)) = \operatorname{prox}_R\big(z - \nabla(G - R)(z)\big).
+    S(z) = \operatorname{prox}_R(T(z)) = \operatorname{prox}_R\big(z - \nabla(F - R)(z)\big).
 
-:math:`S` is one forward-backward step with step 1 on :math:`G + R`; its fixed points are the
+:math:`S` is one forward-backward step with step 1 on :math:`F = G + R`; its fixed points are the
 minimisers. The batched, public form is :func:`operator`.
 """
 
@@ -23,27 +23,43 @@ from optjax.problem import OptEqProblem, injection
 __all__ = ["unit_operator", "equilibrium_map", "jacobian_transpose", "EquilibriumMap", "operator"]
 
 
-def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=None) -> jax.Array:
+def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=None,
+                  precision=None) -> jax.Array:
     r""":math:`T(z) = W^\top \sigma(W z + c)` for one sample.
 
     With ``compute_dtype`` (mixed precision) the two products with W run in that dtype; the
     activation, the state and the result stay in ``z``'s dtype."""
-    pre = linear_map.apply(weight, z, compute_dtype) + c
-    return linear_map.transpose(weight, activation(pre), compute_dtype)
+    pre = linear_map.apply(weight, z, compute_dtype, precision) + c
+    return linear_map.transpose(weight, activation(pre), compute_dtype, precision)
 
 
-def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None) -> jax.Array:
+def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None,
+                    precision=None) -> jax.Array:
     r""":math:`S(z) = \operatorname{prox}_R(T(z))` for one sample.
 
     ``params = (weight, prior)`` are shared by the batch; ``data = (c, feature)`` is per sample.
     """
     weight, prior = params
     c, feature = data
-    t = unit_operator(weight, activation, z, c, compute_dtype)
+    t = unit_operator(weight, activation, z, c, compute_dtype, precision)
     return t if prior is None else prior.prox(t, feature)
 
 
-def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=None):
+def value_and_map(activation, z, params, data, compute_dtype=None, precision=None):
+    r""":math:`(F(z), S(z))` for one sample at the cost of one :math:`T`: the product
+    :math:`W z + c` serves both :math:`\Phi` and :math:`\sigma`."""
+    weight, prior = params
+    c, feature = data
+    pre = linear_map.apply(weight, z, compute_dtype, precision) + c
+    value = 0.5 * jnp.sum(z * z) - jnp.sum(activation.potential(pre))
+    t = linear_map.transpose(weight, activation(pre), compute_dtype, precision)
+    if prior is None:
+        return value, t
+    return value + prior.value(z, feature), prior.prox(t, feature)
+
+
+def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=None,
+                       precision=None):
     r"""The map :math:`v \mapsto J_S(z)^\top v` for one sample, using the structure of T.
 
     :math:`J_T = W^\top D W` with :math:`D = \operatorname{diag}\sigma'(W z + c)` is symmetric,
@@ -55,43 +71,51 @@ def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=Non
     """
     weight, prior = params
     c, feature = data
-    pre = linear_map.apply(weight, z, compute_dtype) + c
+    pre = linear_map.apply(weight, z, compute_dtype, precision) + c
     slope = jax.jvp(activation, (pre,), (jnp.ones_like(pre),))[1]
     if prior is None:
         prox_t = None
     else:
-        t = linear_map.transpose(weight, activation(pre), compute_dtype)
+        t = linear_map.transpose(weight, activation(pre), compute_dtype, precision)
         _, prox_t = jax.vjp(lambda u: prior.prox(u, feature), t)
 
     def apply(v):
         u = v if prox_t is None else prox_t(v)[0]
-        return linear_map.transpose(weight, slope * linear_map.apply(weight, u, compute_dtype),
-                                    compute_dtype)
+        inner = linear_map.apply(weight, u, compute_dtype, precision)
+        return linear_map.transpose(weight, slope * inner, compute_dtype, precision)
 
     return apply
 
 
 @dataclasses.dataclass(frozen=True)
 class EquilibriumMap:
-    """S for :func:`optjax.implicit.fixed_point`: callable as ``S(z, params, data)``, with the
-    structured :func:`jacobian_transpose` for the backward pass. Hashable (static)."""
+    """S of an OptEq problem for the engine: ``S(z, params, data)`` for one sample, with its
+    objective, the fused ``value_and_map`` and the structured :func:`jacobian_transpose`.
+    Hashable (a static argument)."""
 
     activation: object
     compute_dtype: object = None
+    precision: object = None
 
     def __call__(self, z, params, data):
-        return equilibrium_map(self.activation, z, params, data, self.compute_dtype)
+        return equilibrium_map(self.activation, z, params, data, self.compute_dtype,
+                               self.precision)
+
+    def objective(self, z, params, data):
+        return self.value_and_map(z, params, data)[0]
+
+    def value_and_map(self, z, params, data):
+        return value_and_map(self.activation, z, params, data, self.compute_dtype,
+                             self.precision)
 
     def jacobian_transpose(self, z, params, data):
-        return jacobian_transpose(self.activation, z, params, data, self.compute_dtype)
+        return jacobian_transpose(self.activation, z, params, data, self.compute_dtype,
+                                  self.precision)
 
 
 def operator(problem: OptEqProblem, z: jax.Array, x: jax.Array, feature=None) -> jax.Array:
     """The batched equilibrium map ``S(z)`` (``T(z)`` when the problem has no prior)."""
-    c = injection(problem, x)
-    params = (problem.weight, problem.prior)
-    return jax.vmap(
-        lambda zi, ci, fi: equilibrium_map(
-            problem.activation, zi, params, (ci, fi), problem.compute_dtype
-        )
-    )(z, c, feature)
+    map_fn = problem.equilibrium_map()
+    params = problem.parameters()
+    data = problem.sample_data(x, feature)
+    return jax.vmap(map_fn, in_axes=(0, None, 0))(z, params, data)

@@ -1,4 +1,4 @@
-r"""Priors that change the convex problem (OPTEQ.md section 5).
+r"""Priors that change the convex problem (docs/maths.md, section 5).
 
 Minimising :math:`F(z) = G(z) + R(z)` with :math:`R` convex and prox-friendly by
 forward-backward splitting with step 1 gives the layer
@@ -12,9 +12,14 @@ its parameters (differentiable where they are real numbers) and gives, for one s
 * ``prox(v, feature)``: :math:`\operatorname{prox}_R(v) = \arg\min_z R(z) + \|z - v\|^2/2`,
 * ``strong_convexity``: the modulus :math:`R` adds to :math:`G` (``mu`` for the quadratic prior),
 * ``scalar_jacobian``: whether the Jacobian of the prox is a multiple of the identity, which keeps
-  the backward system symmetric so conjugate gradients still apply.
+  the backward system symmetric so conjugate gradients still apply,
+* ``defects()``: the :class:`optjax.problem.Defect` bits of its parameters (traceable): a
+  negative weight makes R nonconvex, empty bounds make it infeasible.
 
 ``feature`` is the per-sample vector ``u`` of the quadratic prior and is ignored by the others.
+Parameters that are concrete numbers are checked on construction (a ValueError says what to
+change); traced ones are checked by the engine, which reports ``Status.NONCONVEX`` or
+``Status.INFEASIBLE`` with the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["Prior", "L1", "Nonnegative", "Box", "Ball", "Quadratic"]
 
@@ -34,11 +40,32 @@ def _slack(x: jax.Array) -> jax.Array:
     return 64 * jnp.finfo(x.dtype).eps
 
 
+# Defect bits (the values of optjax.problem.Defect, which imports this module).
+_NONCONVEX, _INFEASIBLE = 2, 4
+
+
+def _concrete(value):
+    """``value`` as a numpy array when it is a concrete number or array, else None (a tracer,
+    or a placeholder during pytree unflattening)."""
+    if isinstance(value, jax.core.Tracer) or not isinstance(
+            value, (int, float, np.ndarray, np.generic, jax.Array)):
+        return None
+    return np.asarray(value)
+
+
+def _flag(condition, bit) -> jax.Array:
+    return jnp.where(jnp.any(condition), bit, 0).astype(jnp.int32)
+
+
 class Prior:
     """Base class of the priors; see the module docstring for the interface."""
 
     scalar_jacobian: ClassVar[bool] = False
     needs_feature: ClassVar[bool] = False
+
+    def defects(self) -> jax.Array:
+        """int32 bit set of :class:`optjax.problem.Defect` for the parameters (0: valid)."""
+        return jnp.zeros((), jnp.int32)
 
     @property
     def strong_convexity(self):
@@ -57,6 +84,15 @@ class L1(Prior):
     r""":math:`R(z) = \lambda \|z\|_1` (sparse code); prox is soft-thresholding at :math:`\lambda`."""
 
     lam: jax.Array | float
+
+    def __post_init__(self):
+        lam = _concrete(self.lam)
+        if lam is not None and not np.all(lam >= 0):
+            raise ValueError(f"L1(lam) needs lam >= 0 (lam ||z||_1 is convex only then); got "
+                             f"lam = {self.lam!r}")
+
+    def defects(self):
+        return _flag(~(jnp.asarray(self.lam) >= 0), _NONCONVEX)
 
     def value(self, z, feature=None):
         return self.lam * jnp.sum(jnp.abs(z))
@@ -86,6 +122,15 @@ class Box(Prior):
     lower: jax.Array | float
     upper: jax.Array | float
 
+    def __post_init__(self):
+        lo, hi = _concrete(self.lower), _concrete(self.upper)
+        if lo is not None and hi is not None and not np.all(lo <= hi):
+            raise ValueError(f"Box(lower, upper) needs lower <= upper everywhere (else the box "
+                             f"is empty); got lower = {self.lower!r}, upper = {self.upper!r}")
+
+    def defects(self):
+        return _flag(~(jnp.asarray(self.lower) <= jnp.asarray(self.upper)), _INFEASIBLE)
+
     def value(self, z, feature=None):
         tol = _slack(z) * (1 + jnp.max(jnp.abs(z)))
         inside = jnp.all((z >= self.lower - tol) & (z <= self.upper + tol))
@@ -102,6 +147,15 @@ class Ball(Prior):
     :math:`v \min(1, r / \|v\|)`."""
 
     radius: jax.Array | float
+
+    def __post_init__(self):
+        r = _concrete(self.radius)
+        if r is not None and not np.all(r >= 0):
+            raise ValueError(f"Ball(radius) needs radius >= 0 (else the ball is empty); got "
+                             f"radius = {self.radius!r}")
+
+    def defects(self):
+        return _flag(~(jnp.asarray(self.radius) >= 0), _INFEASIBLE)
 
     def value(self, z, feature=None):
         inside = jnp.linalg.norm(z) <= self.radius * (1 + _slack(z))
@@ -128,6 +182,15 @@ class Quadratic(Prior):
 
     scalar_jacobian: ClassVar[bool] = True
     needs_feature: ClassVar[bool] = True
+
+    def __post_init__(self):
+        mu = _concrete(self.mu)
+        if mu is not None and not np.all(mu >= 0):
+            raise ValueError(f"Quadratic(mu) needs mu >= 0 (mu/2 ||z - u||^2 is convex only "
+                             f"then); got mu = {self.mu!r}")
+
+    def defects(self):
+        return _flag(~(jnp.asarray(self.mu) >= 0), _NONCONVEX)
 
     @property
     def strong_convexity(self):

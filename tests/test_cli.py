@@ -59,7 +59,39 @@ def test_resume_takes_the_run_options_from_its_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resuming at step 3" in err and "checkpoints/16" in err
     assert cli("train", "--resume", "--out-dir", str(tmp_path), "--width", "8") == 2
-    assert "different model (width: checkpoint 16, now 8)" in capsys.readouterr().err
+    assert "width (checkpoint 16, now 8: it fixes the parameter layout)" in \
+        capsys.readouterr().err
+
+
+def test_help_lists_the_allowed_values_of_every_choice_option(capsys):
+    from optjax import activations, solvers
+    from optjax.backward import BACKWARDS
+    from optjax.data import DATASETS
+    from optjax.nn.classifiers import FAMILIES
+
+    with pytest.raises(SystemExit) as exit_:
+        cli("train", "--help")
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    choices = {"--dataset": DATASETS, "--family": FAMILIES, "--kind": ("dense", "conv"),
+               "--activation": activations.available(), "--solver": tuple(solvers.SOLVERS),
+               "--backward": (*BACKWARDS, "auto"), "--schedule": ("cosine", "constant")}
+    for flag, values in choices.items():
+        help_text = text.split(f"{flag} STR ")[1].split(" --")[0]
+        for value in values:
+            assert value in help_text, (flag, value)
+    assert "natural images" in text.split("--augment-flip")[-1]
+
+
+def test_an_explicit_model_reports_that_it_solves_nothing(tmp_path, capsys):
+    assert cli("train", *SMALL, "--family", "explicit", "--out-dir", str(tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "no equilibrium layer" in err and "forward steps mean" not in err
+    assert "converged" not in err and "fwd" not in err
+    plots = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert plots == ["accuracy.png", "loss.png"]  # no forward steps, no certificate
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["steps_mean"] == "nan" and saved["converged"] == "nan"
 
 
 def test_options_from_a_file_and_flags(tmp_path, capsys):

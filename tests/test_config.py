@@ -29,7 +29,7 @@ def test_configs_are_frozen_and_hashable():
     (lambda: backward.ConjugateGradient(tol=-1.0), "tol must be a positive number or None"),
     (lambda: backward.GMRES(restart=2.5), "GMRES.restart must be an integer"),
     (lambda: solvers.Nesterov(restart="yes"), "restart must be a bool"),
-    (lambda: solvers.get("anderson", ridge=-1.0), "ridge must be a number >= 0"),
+    (lambda: solvers.get("anderson", ridge=-1.0), "ridge must be"),
     (lambda: backward.get("cg", restart=3), r"unknown option\(s\) for ConjugateGradient: 'restart'"),
     (lambda: solvers.Anderson().replace(histry=3), "unknown option"),
 ])

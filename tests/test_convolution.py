@@ -287,3 +287,172 @@ def test_pytree_round_trip_and_jit():
     jax.tree_util.tree_map(lambda _: 0, conv)
     x = jnp.asarray(np.random.default_rng(71).normal(size=conv.in_shape))
     np.testing.assert_allclose(jax.jit(lambda cv, v: cv.apply(v))(conv, x), conv.apply(x), atol=1e-13)
+
+
+# -- strided convolutions between resolutions ---------------------------------------------------
+from optjax.convolution import StridedConv2D  # noqa: E402
+
+# (k, stride, c_in, c_out, H, W): overlapping (k > s), patch (k = s), gapped (k < s) windows,
+# non-square grids, and a kernel larger than the grid.
+STRIDED = [
+    (3, 2, 2, 3, 4, 6),
+    (2, 2, 3, 2, 6, 4),
+    (1, 2, 2, 2, 4, 4),
+    (4, 2, 1, 3, 6, 6),
+    (3, 3, 2, 1, 6, 9),
+    (5, 2, 1, 2, 2, 4),
+    (3, 1, 2, 2, 5, 4),
+]
+
+
+def strided_reference(kernel, spatial, stride, padding):
+    """The (H/s W/s c_out, H W c_in) matrix straight from the definition (tap by tap)."""
+    kernel = np.asarray(kernel)
+    k, _, c_in, c_out = kernel.shape
+    h, w = spatial
+    p = (k - 1) // 2
+    m = np.zeros((h // stride, w // stride, c_out, h, w, c_in))
+    for i in range(h // stride):
+        for j in range(w // stride):
+            for a in range(k):
+                for b in range(k):
+                    ii, jj = stride * i + a - p, stride * j + b - p
+                    if padding == "circular":
+                        ii, jj = ii % h, jj % w
+                    elif not (0 <= ii < h and 0 <= jj < w):
+                        continue
+                    m[i, j, :, ii, jj, :] += kernel[a, b].T
+    return m.reshape((h // stride) * (w // stride) * c_out, h * w * c_in)
+
+
+def make_strided(seed, k, s, c_in, c_out, h, w, padding):
+    rng = np.random.default_rng(seed)
+    return StridedConv2D(jnp.asarray(rng.normal(size=(k, k, c_in, c_out))), (h, w), s, padding)
+
+
+def _materialise(op):
+    """The matrix of ``op`` from its apply (columns) and transpose (rows)."""
+    n_in, n_out = int(np.prod(op.in_shape)), int(np.prod(op.out_shape))
+    cols = np.asarray(jax.vmap(op.apply)(jnp.eye(n_in).reshape((n_in,) + op.in_shape)))
+    rows = np.asarray(jax.vmap(op.transpose)(jnp.eye(n_out).reshape((n_out,) + op.out_shape)))
+    return cols.reshape(n_in, n_out).T, rows.reshape(n_out, n_in)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("shape", STRIDED)
+def test_strided_apply_transpose_and_adjoint_identity(shape, padding):
+    k, s, c_in, c_out, h, w = shape
+    op = make_strided(80, *shape, padding)
+    assert op.in_shape == (h, w, c_in) and op.out_shape == (h // s, w // s, c_out)
+    m = strided_reference(op.kernel, op.spatial, s, padding)
+    cols, rows = _materialise(op)
+    np.testing.assert_allclose(cols, m, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(rows, m, rtol=0, atol=1e-13)
+    rng = np.random.default_rng(81)
+    x = jnp.asarray(rng.normal(size=op.in_shape))
+    y = jnp.asarray(rng.normal(size=op.out_shape))
+    lhs, rhs = float(jnp.vdot(op.apply(x), y)), float(jnp.vdot(x, op.transpose(y)))
+    assert abs(lhs - rhs) <= 1e-12 * float(jnp.linalg.norm(op.apply(x)) * jnp.linalg.norm(y))
+
+
+def test_strided_with_stride_one_is_conv2d():
+    for padding in PADDINGS:
+        conv = make_conv(82, 3, 2, 3, 5, 4, padding)
+        strided = StridedConv2D(conv.kernel, conv.spatial, 1, padding)
+        x = jnp.asarray(np.random.default_rng(83).normal(size=conv.in_shape))
+        y = jnp.asarray(np.random.default_rng(84).normal(size=conv.out_shape))
+        np.testing.assert_allclose(strided.apply(x), conv.apply(x), atol=1e-13)
+        np.testing.assert_allclose(strided.transpose(y), conv.transpose(y), atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", STRIDED)
+def test_strided_circular_norm_is_exact(shape):
+    k, s, *_ = shape
+    for seed in range(3):
+        op = make_strided(90 + seed, *shape, "circular")
+        ref = np.linalg.svd(strided_reference(op.kernel, op.spatial, s, "circular"),
+                            compute_uv=False)[0]
+        np.testing.assert_allclose(float(op.spectral_norm()), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", STRIDED)
+def test_strided_zeros_norm_is_a_certified_upper_bound(shape):
+    k, s, *_ = shape
+    for seed in range(3):
+        op = make_strided(100 + seed, *shape, "zeros")
+        ref = np.linalg.svd(strided_reference(op.kernel, op.spatial, s, "zeros"),
+                            compute_uv=False)[0]
+        bound = float(op.spectral_norm())
+        assert bound >= ref * (1 - 1e-12), (bound, ref)
+        if k <= s:  # windows never overlap or leave the grid: no boundary, exact
+            np.testing.assert_allclose(bound, ref, rtol=1e-10)
+
+
+def test_strided_zeros_bound_tightens_as_the_image_grows():
+    kernel = jnp.asarray(np.random.default_rng(110).normal(size=(3, 3, 2, 3)))
+    ratios = []
+    for size in (4, 8, 16):
+        op = StridedConv2D(kernel, (size, size), 2, "zeros")
+        ref = np.linalg.svd(strided_reference(kernel, op.spatial, 2, "zeros"), compute_uv=False)[0]
+        ratios.append(float(op.spectral_norm()) / ref)
+    assert all(r >= 1 - 1e-12 for r in ratios)
+    assert ratios[0] > ratios[2] and ratios[2] <= 1.1, ratios
+
+
+def test_strided_norm_is_jittable_and_differentiable():
+    op = make_strided(111, 3, 2, 2, 3, 6, 6, "circular")
+    np.testing.assert_allclose(jax.jit(StridedConv2D.spectral_norm)(op), op.spectral_norm(),
+                               rtol=1e-12)
+    # d||A||/dK = u_f v_f^H mapped back: check along a direction by central differences
+    direction = jnp.asarray(np.random.default_rng(112).normal(size=op.kernel.shape))
+    grad = jax.grad(lambda kern: StridedConv2D(kern, op.spatial, 2, "circular").spectral_norm())(
+        op.kernel)
+    h = 1e-6
+    norm = lambda kern: float(StridedConv2D(kern, op.spatial, 2, "circular").spectral_norm())  # noqa: E731
+    fd = (norm(op.kernel + h * direction) - norm(op.kernel - h * direction)) / (2 * h)
+    np.testing.assert_allclose(float(jnp.vdot(grad, direction)), fd, rtol=1e-6)
+
+
+def test_strided_init_and_bad_input_messages():
+    op = StridedConv2D.init(jax.random.PRNGKey(0), 3, 2, 4, (8, 6))
+    assert op.kernel.dtype == jnp.float32 and op.out_shape == (4, 3, 4) and op.stride == 2
+    assert op.apply(jnp.ones(op.in_shape, jnp.float32)).dtype == jnp.float32
+    k = jnp.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"\(7, 6\) must be divisible by the stride 2"):
+        StridedConv2D(k, (7, 6))
+    with pytest.raises(ValueError, match="stride must be a positive int, got 0"):
+        StridedConv2D(k, (8, 8), 0)
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        StridedConv2D(k, (8, 8), 1.5)
+    with pytest.raises(ValueError, match=r"square spatial size.*\(3, 2\)"):
+        StridedConv2D(jnp.zeros((3, 2, 1, 1)), (8, 8))
+    with pytest.raises(ValueError, match=r"4-D \(k, k, c_in, c_out\)"):
+        StridedConv2D(jnp.zeros((3, 3, 2)), (8, 8))
+    with pytest.raises(ValueError, match="padding must be one of"):
+        StridedConv2D(k, (8, 8), 2, "reflect")
+    with pytest.raises(TypeError, match="floating dtype"):
+        StridedConv2D(jnp.zeros((3, 3, 1, 1), jnp.int32), (8, 8))
+    op = StridedConv2D(k, (8, 6))
+    with pytest.raises(ValueError, match=r"apply expects one sample of shape \(8, 6, 2\).*got \(4, 3, 2\)"):
+        op.apply(jnp.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match=r"transpose expects one sample of shape \(4, 3, 2\).*use jax.vmap"):
+        op.transpose(jnp.zeros((5, 4, 3, 2)))
+    # a pytree: leaves replaced by placeholders do not trip the checks
+    jax.tree_util.tree_map(lambda _: None, op)
+
+
+# -- the Fourier form of a circular convolution -------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+def test_transfer_matrices_diagonalise_the_circular_convolution(shape):
+    conv = make_conv(120, *shape, "circular")
+    z = jnp.asarray(np.random.default_rng(121).normal(size=conv.in_shape))
+    m = conv.transfer_matrices()
+    k, c_in, c_out, h, w = shape
+    assert m.shape == (h, w // 2 + 1, c_out, c_in)
+    # the product in the Fourier domain, mapped back, is the dense reference matrix times z
+    out = jnp.fft.irfft2(jnp.einsum("hwoc,hwc->hwo", m, jnp.fft.rfft2(z, axes=(0, 1))),
+                         s=(h, w), axes=(0, 1))
+    ref = dense_reference(conv.kernel, conv.spatial, "circular") @ np.ravel(z)
+    np.testing.assert_allclose(np.ravel(out), ref, atol=1e-12)
+    with pytest.raises(ValueError, match="needs padding='circular'"):
+        make_conv(120, *shape, "zeros").transfer_matrices()

@@ -1,4 +1,4 @@
-"""Deep OptEq (OPTEQ.md section 4): the equilibrium is the minimiser of H, sweeps descend H,
+"""Deep OptEq (docs/maths.md, section 4): the equilibrium is the minimiser of H, sweeps descend H,
 both sweeps give the same point and the same implicit gradients, reductions, normalisation."""
 
 import jax
@@ -88,8 +88,8 @@ def test_distance_bound_holds_at_loose_solutions():
         loose, info = deep.equilibrium(problem, x, sweep=sweep, tol=1e-2)
         error = jnp.linalg.norm(jnp.concatenate(loose, axis=1) - exact, axis=1)
         assert bool(jnp.all(error > 1e-8)), sweep  # really loose
-        assert bool(jnp.all(error <= info.distance_bound)), sweep
-        np.testing.assert_allclose(info.margin, deep.convexity_margin(problem))
+        assert bool(jnp.all(error <= info.certificate.distance_bound)), sweep
+        np.testing.assert_allclose(info.certificate.modulus, deep.convexity_margin(problem))
 
 
 @pytest.mark.parametrize("activations", ["tanh", "relu"])
@@ -170,7 +170,7 @@ def test_single_layer_is_the_activation_of_the_injection():
     x = _x()
     (s,), info = deep.equilibrium(problem, x, sweep="gauss_seidel", tol=1e-12)
     np.testing.assert_allclose(s, jnp.tanh(x @ u.T + b), atol=1e-14)
-    assert float(info.margin) == 1.0 and bool(jnp.all(info.steps <= 2))
+    assert float(info.certificate.modulus) == 1.0 and bool(jnp.all(info.steps <= 2))
 
 
 def test_without_input_weight_or_biases_x_is_the_injection():
@@ -256,7 +256,7 @@ def test_bad_shapes_nonconvexity_and_options_are_refused():
         deep.DeepProblem((a1, a2), u, biases, "gelu")
 
     good = deep.DeepProblem(deep.normalize((a1, a2)), u, biases, "relu")
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\).*add a batch axis"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch,\) \+ \(4,\).*add a batch axis"):
         deep.equilibrium(good, jnp.ones(P))
     with pytest.raises(ValueError, match=r"s must be one flat state of shape \(12,\)"):
         deep.jacobi_map(good, jnp.ones(11), jnp.ones(P))

@@ -188,7 +188,7 @@ def test_unknown_options_and_bad_combinations_are_refused():
         optjax.equilibrium(problem, x, backward="adjoint")
     with pytest.raises(TypeError):
         optjax.equilibrium(problem, x, tolerance=1e-3)
-    with pytest.raises(optjax.ConfigError, match="tol must be a positive number"):
+    with pytest.raises(optjax.ConfigError, match="tol must be a positive finite number"):
         optjax.equilibrium(problem, x, tol=-1.0)
     with pytest.raises(optjax.ConfigError, match="anchor= is used by the Halpern solver only"):
         optjax.equilibrium(problem, x, anchor=jnp.zeros(8))
@@ -221,3 +221,159 @@ def test_certify_false_skips_the_norm_and_says_so():
                                 problem.bias, weight_norm=0.95)
     _, info_known = optjax.equilibrium(known, x)
     np.testing.assert_allclose(info_known.certificate.modulus, 1 - 0.95**2, rtol=1e-12)
+
+
+# --- the edges: a status or certificate that says CONVERGED is true ---------------------------
+
+
+def test_certify_false_still_flags_clearly_nonconvex_weights_under_jit():
+    problem, x = random_problem(21, norm=1.5, activation="relu")
+    solve = jax.jit(lambda p, x: optjax.equilibrium(p, x, certify=False, max_steps=30))
+    _, info = solve(problem, x)
+    assert np.all(np.asarray(info.status) == optjax.Status.NONCONVEX)
+    assert not bool(jnp.any(info.converged))
+    with pytest.raises(optjax.EquilibriumError, match="break convexity"):
+        optjax.check(info)
+    with pytest.raises(optjax.NonconvexError, match=r"\|\|W\|\| >= 1\.4"):
+        optjax.equilibrium(problem, x, certify=False)
+
+
+@pytest.mark.parametrize("certify", [True, False])
+def test_nan_in_the_weights_is_nonfinite_not_nonconvex(certify):
+    problem, x = random_problem(22)
+    w = problem.weight.at[0, 0].set(jnp.nan)
+    bad = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+    _, info = jax.jit(lambda p, x: optjax.equilibrium(p, x, certify=certify))(bad, x)
+    assert np.all(np.asarray(info.status) == optjax.Status.NONFINITE)
+    assert bool(jnp.all(info.nonfinite)) and not bool(jnp.any(info.converged))
+    with pytest.raises(optjax.EquilibriumError, match="NaN or Inf in W"):
+        optjax.check(info)
+    with pytest.raises(ValueError, match="NaN or Inf in W"):
+        optjax.equilibrium(bad, x, certify=certify)
+
+
+@pytest.mark.parametrize("make, status, words", [
+    (lambda v: priors.L1(v), optjax.Status.NONCONVEX, "R nonconvex"),
+    (lambda v: priors.Ball(v), optjax.Status.INFEASIBLE, "empty"),
+    (lambda v: priors.Box(-v, v), optjax.Status.INFEASIBLE, "empty"),
+    (lambda v: priors.Quadratic(v), optjax.Status.NONCONVEX, "R nonconvex"),
+], ids=["l1", "ball", "box", "quadratic"])
+def test_invalid_prior_parameters_are_refused_or_flagged(make, status, words):
+    problem, x = random_problem(23, norm=0.9)
+    # Concrete: refused on construction, with what to change.
+    with pytest.raises(ValueError, match=">= 0|<= upper"):
+        make(-1.0)
+    make(1.0)  # a valid value is accepted
+    # Traced (a parameter being learned): the solve reports the status and the reason.
+    feature = jnp.zeros((x.shape[0], 8))
+
+    def solve(v, x):
+        prior = make(v)
+        p = optjax.OptEqProblem(problem.weight, problem.activation, problem.input_weight,
+                                problem.bias, prior)
+        f = feature if isinstance(prior, priors.Quadratic) else None
+        return optjax.equilibrium(p, x, feature=f, backward="gmres")[1]
+
+    info = jax.jit(solve)(-1.0, x)
+    assert np.all(np.asarray(info.status) == status)
+    assert not bool(jnp.any(info.converged))
+    assert np.all(np.isinf(np.asarray(info.certificate.suboptimality_bound))) or \
+        status == optjax.Status.INFEASIBLE
+    with pytest.raises(optjax.EquilibriumError, match=words):
+        optjax.check(info)
+    assert optjax.check(jax.jit(solve)(0.5, x))  # the same code with a valid value converges
+
+
+def test_tol_must_be_static_and_says_how():
+    problem, x = random_problem(24)
+    with pytest.raises(optjax.ConfigError, match="static"):
+        jax.jit(lambda t: optjax.equilibrium(problem, x, tol=t)[0])(1e-5)
+    # A concrete numpy scalar is fine.
+    _, info = optjax.equilibrium(problem, x, tol=np.float32(1e-5))
+    assert info.tol == pytest.approx(1e-5)
+
+
+def test_an_empty_batch_gives_empty_results():
+    problem, x = random_problem(25)
+    z, info = optjax.equilibrium(problem, x[:0])
+    assert z.shape == (0, 8) and info.status.shape == (0,)
+    grad = jax.grad(lambda w: jnp.sum(optjax.equilibrium(
+        optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias),
+        x[:0])[0]))(problem.weight)
+    assert bool(jnp.all(grad == 0))
+
+
+def test_the_norm_of_concrete_weights_is_computed_once(monkeypatch):
+    from optjax import linear_map
+
+    problem, x = random_problem(26, norm=0.9)
+    calls = []
+    original = linear_map.spectral_norm
+    monkeypatch.setattr(linear_map, "spectral_norm", lambda w: calls.append(1) or original(w))
+    for _ in range(3):
+        _, info = optjax.equilibrium(problem, x)
+    assert len(calls) == 1
+    np.testing.assert_allclose(info.certificate.weight_norm, 0.9, rtol=1e-12)
+    # New weights (a new array): a new norm, never the stale one.
+    scaled = optjax.OptEqProblem(0.5 * problem.weight, problem.activation, problem.input_weight,
+                                 problem.bias)
+    _, info = optjax.equilibrium(scaled, x)
+    assert len(calls) == 2
+    np.testing.assert_allclose(info.certificate.weight_norm, 0.45, rtol=1e-12)
+    # with_norm: computed once, carried into jit, never recomputed there.
+    carried = problem.with_norm()
+    calls.clear()
+    _, info = jax.jit(lambda p, x: optjax.equilibrium(p, x))(carried, x)
+    assert not calls
+    np.testing.assert_allclose(info.certificate.weight_norm, 0.9, rtol=1e-12)
+
+
+def test_solvers_that_need_an_objective_refuse_problems_without_one():
+    from optjax.deq import DEQProblem
+
+    rng = np.random.default_rng(27)
+    w = jnp.asarray(0.5 * rng.normal(size=(6, 6)) / np.sqrt(6))
+    problem = DEQProblem(w, jnp.tanh)
+    assert not problem.has_objective
+    safeguarded = [name for name, cls in optjax.solvers.SOLVERS.items()
+                   if getattr(cls, "needs_objective", False)]
+    for name in safeguarded:
+        with pytest.raises(optjax.ConfigError, match="needs an explicit objective"):
+            optjax.equilibrium(problem, jnp.ones((2, 6)), solver=name)
+
+
+def _problems_of_every_kind():
+    """One small problem of each type, and its input (float64)."""
+    from optjax import deep
+    from optjax.deq import DEQProblem
+    from optjax.mondeq import MonDEQProblem
+
+    rng = np.random.default_rng(28)
+    unit, x = random_problem(28, d=6, n=9, p=6)
+    chain = deep.DeepProblem(deep.normalize([jnp.asarray(rng.normal(size=(5, 6)))], 0.9),
+                             None, None, "tanh")
+    deq = DEQProblem(jnp.asarray(0.6 * rng.normal(size=(6, 6)) / np.sqrt(6)), jnp.tanh)
+    mon = MonDEQProblem(jnp.asarray(0.3 * rng.normal(size=(6, 6)) / np.sqrt(6)),
+                        jnp.asarray(0.3 * rng.normal(size=(6, 6)) / np.sqrt(6)), 0.2)
+    return {"opteq": (unit, x), "deep_opteq": (chain, x), "deq": (deq, x), "mondeq": (mon, x)}
+
+
+@pytest.mark.parametrize("kind", ["opteq", "deep_opteq", "deq", "mondeq"])
+def test_every_problem_type_goes_through_the_one_engine(kind):
+    problem, x = _problems_of_every_kind()[kind]
+    z, info = jax.jit(lambda p, x: optjax.equilibrium(p, x, tol=1e-11, max_steps=3000))(problem, x)
+    assert isinstance(info, optjax.SolveInfo) and info.problem == kind
+    assert optjax.check(info) is info
+    # The returned point is a fixed point of the problem's map, recomputed independently here.
+    map_fn = problem.equilibrium_map()
+    image = jax.vmap(map_fn, in_axes=(0, None, 0))(z, problem.parameters(), problem.sample_data(x))
+    np.testing.assert_allclose(image, z, atol=1e-10)
+    # Implicit gradients with respect to the input agree with central finite differences.
+    direction = jnp.asarray(np.random.default_rng(1).normal(size=x.shape))
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=z.shape))
+    loss = lambda x: jnp.sum(weights * optjax.equilibrium(problem, x, tol=1e-12,  # noqa: E731
+                                                          max_steps=5000)[0])
+    h = 1e-5
+    numeric = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
+    np.testing.assert_allclose(jnp.vdot(jax.grad(loss)(x), direction), numeric, rtol=1e-6,
+                               atol=1e-8)

@@ -179,6 +179,91 @@ def test_backward_that_cannot_converge_says_so():
         )
         return jnp.sum(target * z)
 
-    _, stats = jax.grad(loss, argnums=(0, 1))(problem.weight, optjax.backward_probe(3, jnp.float64))
+    with pytest.warns(optjax.EquilibriumWarning, match="approximate"):
+        _, stats = jax.grad(loss, argnums=(0, 1))(problem.weight,
+                                                  optjax.backward_probe(3, jnp.float64))
     assert np.all(np.asarray(stats.converged) == 0.0)
     assert np.all(np.asarray(stats.steps) == 3)
+
+
+def test_a_capped_backward_is_visible_without_the_probe_and_a_converged_one_is_quiet():
+    """relu with every unit active and ||W|| = 0.99: the fixed-point backward at its cap leaves
+    a visibly wrong gradient, and the user hears about it from the warning alone."""
+    rng = np.random.default_rng(30)
+    w = rng.normal(size=(9, 7))
+    w = jnp.asarray(0.99 * w / np.linalg.norm(w, 2))
+    x = jnp.asarray(rng.normal(size=(3, 9))) + 20.0  # every pre-activation positive
+    target = jnp.asarray(rng.normal(size=(3, 7)))
+
+    def grad(backward):
+        def loss(w):
+            z, _ = optjax.equilibrium(optjax.OptEqProblem(w, "relu"), x, tol=1e-13,
+                                      max_steps=20000, backward=backward)
+            return jnp.sum(target * z)
+        return jax.grad(loss)(w)
+
+    with pytest.warns(optjax.EquilibriumWarning):
+        capped = grad(optjax.backward.FixedPointBackward(max_steps=20))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optjax.EquilibriumWarning)
+        exact = grad("cg")
+        quiet = grad(optjax.backward.FixedPointBackward(max_steps=20, on_failure="ignore"))
+    assert float(jnp.linalg.norm(capped - exact) / jnp.linalg.norm(exact)) > 1e-3
+    np.testing.assert_array_equal(quiet, capped)
+
+
+def test_phantom_never_reports_an_exact_looking_convergence():
+    problem, params, _, target = _setup(8, norm=0.99)
+    x = params["x"]
+
+    def loss(w, probe):
+        p = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+        z, _ = optjax.equilibrium(p, x, tol=1e-12, max_steps=20000, backward_probe=probe,
+                                  backward="phantom")
+        return jnp.sum(target * z)
+
+    grads, stats = jax.grad(loss, argnums=(0, 1))(problem.weight,
+                                                  optjax.backward_probe(3, jnp.float64))
+    assert np.all(np.asarray(stats.converged) == 0.0)
+    assert np.all(np.asarray(stats.residual) > 1e-6 * np.linalg.norm(target, axis=1))
+
+
+@pytest.mark.parametrize("backward", ["cg", "gmres", "fixed_point", "phantom"])
+def test_a_nonfinite_sample_does_not_poison_the_batch(backward):
+    problem, params, _, target = _setup(9, norm=0.9)
+    x = params["x"].at[1, 0].set(jnp.nan)  # sample 1 is broken
+    keep = jnp.asarray([1.0, 0.0, 1.0])[:, None]  # and left out of the loss
+
+    def loss(w, x):
+        p = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+        z, _ = optjax.equilibrium(p, x, tol=1e-13, max_steps=5000, backward=backward)
+        return jnp.sum(keep * target * jnp.where(jnp.isfinite(z), z, 0.0))
+
+    g_w, g_x = jax.grad(loss, argnums=(0, 1))(problem.weight, x)
+    # The shared gradient equals the one computed without the broken sample at all.
+    clean = jnp.stack([x[0], x[2]])
+
+    def clean_loss(w):
+        p = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+        z, _ = optjax.equilibrium(p, clean, tol=1e-13, max_steps=5000, backward=backward)
+        return jnp.sum(jnp.stack([target[0], target[2]]) * z)
+
+    np.testing.assert_allclose(g_w, jax.grad(clean_loss)(problem.weight), rtol=1e-10,
+                               atol=1e-12)
+    assert bool(jnp.all(jnp.isfinite(g_x[jnp.array([0, 2])])))
+    np.testing.assert_array_equal(g_x[1], 0.0)  # ignored by the loss: zero, by the rule
+
+
+def test_a_nonfinite_sample_in_the_loss_gives_a_nan_input_gradient_only_there():
+    problem, params, _, target = _setup(10, norm=0.9)
+    x = params["x"].at[1, 0].set(jnp.inf)
+
+    def loss(w, x):
+        p = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+        z, _ = optjax.equilibrium(p, x, tol=1e-12, max_steps=5000)
+        return jnp.sum(target * jnp.where(jnp.isfinite(z), z, 1.0))
+
+    g_w, g_x = jax.grad(loss, argnums=(0, 1))(problem.weight, x)
+    assert bool(jnp.all(jnp.isfinite(g_w)))
+    assert bool(jnp.all(jnp.isnan(g_x[1]))) and bool(jnp.all(jnp.isfinite(g_x[jnp.array([0, 2])])))

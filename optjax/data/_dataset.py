@@ -59,6 +59,9 @@ class Dataset:
             if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim != 1:
                 raise DataError(f"{where}: y_{split} must be an int32 numpy array of shape (N,), "
                                 f"got {_describe(y)}; convert it with np.asarray(y, np.int32)")
+            if 0 in x.shape[1:]:
+                raise DataError(f"{where}: x_{split} holds images of shape {x.shape[1:]}; every "
+                                f"image needs at least one row, column and channel (H, W, C)")
             if x.shape[0] != y.shape[0] or x.shape[0] < 1:
                 raise DataError(f"{where}: x_{split} has {x.shape[0]} samples but y_{split} has "
                                 f"{y.shape[0]} labels; they must match and be at least 1")

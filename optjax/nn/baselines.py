@@ -1,8 +1,10 @@
 r"""Baseline implicit layers in the optjax framework: DEQ and monotone DEQ (monDEQ).
 
-They share the OptEq layers' machinery (:func:`optjax.implicit.fixed_point`: per-sample forward
-solvers, implicit gradients, the same backward modes and statistics), so that comparisons
-measure the models, not the code around them.
+Each is a thin holder of parameters around a problem type of the core
+(:class:`optjax.deq.DEQProblem`, :class:`optjax.mondeq.MonDEQProblem`) solved by the same engine
+as the OptEq layers (:func:`optjax.equilibrium`: per-sample forward solvers, implicit gradients,
+the same backward modes, the same :class:`optjax.SolveInfo`), so that comparisons measure the
+models, not the code around them.
 
 =============  ===========================================================================
 layer          equilibrium (per sample, :math:`c = Ux + b`)
@@ -16,29 +18,28 @@ MonDEQConv     the same, :math:`A, B` 3x3 convolutions, :math:`A^\top, B^\top` t
 
 **DEQ** (Bai, Kolter & Koltun, 2019): nothing guarantees that an equilibrium exists, that it is
 unique, or that the solver (Anderson by default) finds it. Non-convergence is not an error: it is
-reported per sample in ``layer.info`` (``converged = False``), and the implicit gradient at a
-non-converged point is only an approximation. :math:`I - J` is not symmetric: the backward
-solve defaults to GMRES.
+reported per sample in the :class:`optjax.SolveInfo` of ``layer(x, return_info=True)``
+(``converged = False``) and summarised in ``layer.stats.converged_share``; the implicit
+gradient at a non-converged point is only an approximation. :math:`I - J` is not symmetric:
+the backward solve defaults to GMRES.
 
 **monDEQ**: :math:`I - W = mI + A^\top A - (B - B^\top)` has symmetric part
 :math:`\succeq mI` (``m > 0``), so :math:`z \mapsto (I - W)z - c` is strongly monotone and the
-equilibrium exists and is unique for every input. It is computed by forward-backward
-splitting, :math:`z \leftarrow \operatorname{relu}(z - \alpha((I - W)z - c))
-= \operatorname{relu}((1 - \alpha)z + \alpha(Wz + c))`, a contraction with factor
-:math:`\sqrt{1 - 2\alpha m + \alpha^2 L^2}` where :math:`L = \|I - W\|_2`, hence for every
-:math:`0 < \alpha < 2m/L^2`. The default :math:`\alpha = m / L^2` minimises that factor (to
-:math:`\sqrt{1 - m^2/L^2}`): convergence is guaranteed but slow when :math:`L \gg m`. ``W`` is
-not symmetric, so there is no objective and the backward solve defaults to GMRES.
+equilibrium exists and is unique for every input; see :mod:`optjax.mondeq` for the splitting
+that solves it and its certificate (a distance bound). ``W`` is not symmetric, so there is no
+objective and the backward solve defaults to GMRES.
 
-Every layer stores the statistics of its last call in ``layer.info``, a :class:`SolverInfo`
-variable holding a :class:`SolveStats` of per-sample arrays (``None`` before the first call);
-this works under ``nnx.jit`` and inside ``nnx.Sequential``.
+Every layer summarises its last call in ``layer.stats`` (fixed-size scalars that work under
+``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and returns
+the per-sample :class:`optjax.SolveInfo` on request: ``z, info = layer(x, return_info=True)``.
+Evaluation mode (``model.eval()``, ``nnx.view``) changes nothing in these layers; they accept it
+so that Flax's mode switches reach every layer alike.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,13 +49,13 @@ from optjax import activations as _activations
 from optjax import backward as _backward
 from optjax import solvers as _solvers
 from optjax.config import ConfigError, positive_int, require
-from optjax.implicit import fixed_point
-from optjax.info import BackwardStats
-from optjax.nn._info import SolverInfo  # shared with the OptEq layers
+from optjax.convolution import Conv2D
+from optjax.deq import DEQProblem
+from optjax.equilibrium import equilibrium
+from optjax.mondeq import MonDEQProblem, step_size
+from optjax.nn._info import EquilibriumModule
 
 __all__ = [
-    "SolverInfo",
-    "SolveStats",
     "DEQDense",
     "DEQConv",
     "MonDEQDense",
@@ -68,23 +69,6 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 _EXACT_NORM_MAX = 256  # dense monDEQ: exact ||I - W|| (SVD) up to this width, power iteration above
 _WEIGHT_SCALE = 0.4  # DEQ init: rows of W have norm ~0.4, so ||W|| ~ 0.8 for a random square W
 _MON_SCALE = 0.1  # monDEQ init: A, B entries ~ N(0, 0.1^2 / fan_in), so L = ||I - W|| stays small
-
-
-class SolveStats(NamedTuple):
-    """Per-sample statistics of a forward solve.
-
-    Attributes:
-      steps: solver iterations.
-      evaluations: evaluations of the layer's map.
-      residual: ``||z - S(z)||`` at the solver's last point (the returned point is ``S(z)``);
-        for the monDEQ an upper bound on the equilibrium residual ``||z - relu(Wz + c)||``.
-      converged: ``residual <= tol`` and everything finite.
-    """
-
-    steps: jax.Array
-    evaluations: jax.Array
-    residual: jax.Array
-    converged: jax.Array
 
 
 def param_count(module: nnx.Module) -> int:
@@ -161,69 +145,20 @@ def _check_input(owner, x, feature_shape):
     return x
 
 
-def _solve(layer, map_fn, params, c, init, tol_scale=None):
-    """Run the batched fixed-point solve of ``map_fn`` with data ``c``, store the statistics in
-    ``layer.info`` and return the equilibria.
-
-    With ``tol_scale = s`` the solve runs on ``y = z / s`` (the map conjugated by the scaling),
-    so the solver's test ``||y - T(y)|| <= tol`` reads ``||z - T(z)|| <= s * tol``."""
-    batch, dtype = c.shape[0], c.dtype
-    if init is None:
-        z0 = jnp.zeros_like(c)
-    else:
-        z0 = jnp.broadcast_to(jnp.asarray(init, dtype), c.shape)
-    if tol_scale is not None:
-        scaled = map_fn
-        map_fn = lambda y, p, d: scaled(p[-1] * y, p[:-1], d) / p[-1]  # noqa: E731
-        params = params + (tol_scale,)
-        z0 = z0 / tol_scale
-    z, stats = fixed_point(
-        map_fn,
-        layer.solver,
-        layer.backward,
-        float(layer.tol),
-        int(layer.max_steps),
-        params,
-        c,
-        jax.lax.stop_gradient(z0),
-        None,
-        BackwardStats.zeros(batch, dtype),
-    )
-    if tol_scale is not None:
-        z = tol_scale * z
-    finite = jnp.all(jnp.isfinite(z.reshape(batch, -1)), axis=1) & jnp.isfinite(stats.residual)
-    layer.info.set_value(
-        SolveStats(
-            steps=stats.steps,
-            evaluations=stats.evaluations,
-            residual=stats.residual,
-            converged=finite & (stats.residual <= layer.tol),
-        )
-    )
-    return z
+def _solve(layer, problem, c, init, return_info):
+    """Solve ``problem`` for the injections ``c`` with the layer's settings, summarise the
+    :class:`optjax.SolveInfo` in ``layer.stats`` and return the equilibria (and the info if
+    ``return_info``)."""
+    if init is not None:
+        init = jnp.broadcast_to(jnp.asarray(init, c.dtype), c.shape)
+    z, info = equilibrium(problem, c, solver=layer.solver, backward=layer.backward,
+                          tol=layer.tol, max_steps=layer.max_steps, init=init)
+    return layer._finish(z, info, return_info)
 
 
 def _row_normalised(v, gain, axes):
     """``gain * v / ||v||`` with the norm over ``axes`` (one norm per output unit)."""
     return gain * v / jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
-
-
-def _power_norm(op, op_adjoint, shape, dtype, iterations):
-    """Power-iteration estimate of ``||op||_2`` (a lower bound, from a fixed random start)."""
-    v = jax.random.normal(jax.random.PRNGKey(0), shape, dtype)
-
-    def body(_, v):
-        w = op_adjoint(op(v))
-        return w / jnp.sqrt(jnp.sum(w * w))
-
-    v = jax.lax.fori_loop(0, iterations, body, v / jnp.sqrt(jnp.sum(v * v)))
-    return jnp.sqrt(jnp.sum(op(v) ** 2))
-
-
-def _relu_fb_map(apply_w, z, params, c):
-    """One forward-backward step ``relu((1 - alpha) z + alpha (W z + c))``."""
-    *weights, alpha = params
-    return jax.nn.relu((1 - alpha) * z + alpha * (apply_w(z, *weights) + c))
 
 
 def _check_monotone_settings(owner, m, alpha, power_iterations):
@@ -239,7 +174,7 @@ def _check_monotone_settings(owner, m, alpha, power_iterations):
     positive_int(owner, "power_iterations", power_iterations)
 
 
-class _Equilibrium(nnx.Module):
+class _Equilibrium(EquilibriumModule):
     """Settings shared by the four layers."""
 
     def _setup(self, solver, backward, tol, max_steps):
@@ -248,23 +183,13 @@ class _Equilibrium(nnx.Module):
         self.backward = _backward.get(backward)
         self.tol = float(tol)
         self.max_steps = int(max_steps)
-        self.info = SolverInfo(None)
+        self._init_stats()
 
     def _dtype(self, x, *params):
         return jnp.result_type(x.dtype, *(p.dtype for p in params))
 
 
 # --- DEQ ----------------------------------------------------------------------------------------
-
-
-def _dense_deq_map(activation, z, params, c):
-    (w,) = params
-    return activation(w @ z + c)
-
-
-def _conv_deq_map(activation, z, params, c):
-    (kernel,) = params
-    return activation(conv2d(z, kernel) + c)
 
 
 class DEQDense(_Equilibrium):
@@ -276,7 +201,7 @@ class DEQDense(_Equilibrium):
     in the DEQ reference code). Initially the rows of :math:`W` have norm 0.4, so
     :math:`\|W\|_2 \approx 0.8` and the map is a contraction for a 1-Lipschitz ``activation``;
     training may lose that. **No existence or uniqueness guarantee**: samples where the solver
-    stops above ``tol`` have ``info.converged = False``.
+    stops above ``tol`` have ``converged = False`` in the :class:`optjax.SolveInfo`.
 
     Args:
       in_features, features: sizes of ``x`` and ``z``.
@@ -289,8 +214,9 @@ class DEQDense(_Equilibrium):
       param_dtype: dtype of the parameters.
       rngs: ``nnx.Rngs`` with a ``params`` stream.
 
-    ``__call__(x, *, init=None)``: ``x`` of shape ``(batch, in_features)``; ``init`` an optional
-    starting point (no gradient). Returns ``z*`` of shape ``(batch, features)``.
+    ``__call__(x, *, init=None, return_info=False)``: ``x`` of shape ``(batch, in_features)``;
+    ``init`` an optional starting point (no gradient). Returns ``z*`` of shape
+    ``(batch, features)`` (and the per-sample :class:`optjax.SolveInfo` if ``return_info``).
     """
 
     def __init__(
@@ -332,13 +258,13 @@ class DEQDense(_Equilibrium):
             return self.weight[...]
         return _row_normalised(self.weight[...], self.gain[...][:, None], axes=1)
 
-    def __call__(self, x: jax.Array, *, init: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
+                 return_info: bool = False):
         x = _check_input(type(self).__name__, x, (self.in_features,))
         w = self.effective_weight()
         dtype = self._dtype(x, w, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
-        map_fn = functools.partial(_dense_deq_map, self.activation)
-        return _solve(self, map_fn, (w.astype(dtype),), c, init)
+        return _solve(self, DEQProblem(w.astype(dtype), self.activation), c, init, return_info)
 
 
 class DEQConv(_Equilibrium):
@@ -349,10 +275,10 @@ class DEQConv(_Equilibrium):
     :math:`U` a 3x3 ``in_channels -> channels`` convolution of the input, :math:`b` a
     per-channel bias. With ``weight_norm`` the kernel is normalised per output channel (over its
     ``3 x 3 x C`` fan-in) and scaled by a gain, initially 0.4. No existence or uniqueness
-    guarantee; see :class:`DEQDense` for the arguments and ``info``.
+    guarantee; see :class:`DEQDense` for the arguments and ``return_info``.
 
-    ``__call__(x, *, init=None)``: ``x`` of shape ``(batch, H, W, in_channels)``; returns
-    ``z*`` of shape ``(batch, H, W, channels)``.
+    ``__call__(x, *, init=None, return_info=False)``: ``x`` of shape
+    ``(batch, H, W, in_channels)``; returns ``z*`` of shape ``(batch, H, W, channels)``.
     """
 
     def __init__(
@@ -393,61 +319,37 @@ class DEQConv(_Equilibrium):
             return self.kernel[...]
         return _row_normalised(self.kernel[...], self.gain[...], axes=(0, 1, 2))
 
-    def __call__(self, x: jax.Array, *, init: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
+                 return_info: bool = False):
         x = _check_input(type(self).__name__, x, (None, None, self.in_channels))
         kernel = self.effective_kernel()
         dtype = self._dtype(x, kernel, self.input_kernel[...])
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
         c = c + self.bias[...].astype(dtype)
-        map_fn = functools.partial(_conv_deq_map, self.activation)
-        return _solve(self, map_fn, (kernel.astype(dtype),), c, init)
+        weight = Conv2D(kernel.astype(dtype), tuple(x.shape[1:3]))
+        return _solve(self, DEQProblem(weight, self.activation), c, init, return_info)
 
 
 # --- monDEQ -------------------------------------------------------------------------------------
 
 
-def _dense_w(z, w):
-    return w @ z
-
-
-def _conv_w(m, z, kernel_a, kernel_b):
-    """:math:`Wz = (1 - m)z - A^\\top A z + B z - B^\\top z` with convolutions A, B."""
-    a_z = conv2d(z, kernel_a)
-    return (
-        (1 - m) * z
-        - conv2d_adjoint(a_z, kernel_a)
-        + conv2d(z, kernel_b)
-        - conv2d_adjoint(z, kernel_b)
-    )
-
-
 class MonDEQDense(_Equilibrium):
     r"""Dense monotone equilibrium layer (Winston & Kolter, 2020):
     :math:`z^\star = \operatorname{relu}(W z^\star + U x + b)`,
-    :math:`W = (1 - m) I - A^\top A + B - B^\top`.
+    :math:`W = (1 - m) I - A^\top A + B - B^\top`, solved as an
+    :class:`optjax.mondeq.MonDEQProblem` (see there for the splitting, its step and why ``tol``
+    bounds the equilibrium residual ``||z - relu(Wz + Ux + b)||``).
 
-    The equilibrium exists and is unique for every input (see the module docstring). It is
-    computed by forward-backward splitting
-    :math:`z \leftarrow \operatorname{relu}((1 - \alpha) z + \alpha (W z + U x + b))` iterated
-    by ``solver`` (plain fixed-point iteration by default). ``alpha=None`` uses
-    :math:`\alpha = m / \|I - W\|_2^2`, recomputed at every call (no gradient flows through it:
-    the equilibrium does not depend on :math:`\alpha`), with :math:`\|I - W\|_2` exact (SVD) for
-    ``features <= 256`` and a ``power_iterations``-step power-iteration estimate above; any
-    :math:`\alpha < 2m/\|I - W\|^2` converges, so an estimate within a factor :math:`\sqrt 2`
-    below the norm is still safe.
-
-    The solve runs on :math:`z / \min(\alpha, 1)` so that ``tol`` bounds the equilibrium
-    residual :math:`\|z - \operatorname{relu}(Wz + Ux + b)\|`: for a projection,
-    :math:`\|z - \operatorname{relu}(z - t\,d)\|` is nondecreasing in :math:`t` and
-    :math:`\|z - \operatorname{relu}(z - t\,d)\|/t` nonincreasing, so the residual at
-    :math:`t = 1` is at most :math:`\max(1, 1/\alpha)` times the splitting's residual.
+    ``alpha=None`` uses :math:`\alpha = m / \|I - W\|_2^2`, recomputed at every call (no
+    gradient flows through it: the equilibrium does not depend on :math:`\alpha`), with
+    :math:`\|I - W\|_2` exact (SVD) for ``features <= 256`` and a ``power_iterations``-step
+    power-iteration estimate above; any :math:`\alpha < 2m/\|I - W\|^2` converges, so an
+    estimate within a factor :math:`\sqrt 2` below the norm is still safe.
 
     ``A, B`` start with entries :math:`\mathcal N(0, 0.1^2/d)`, so that initially
-    :math:`\|I - W\| \approx 0.3` and about 300 plain steps reach ``tol = 1e-4`` in float32;
-    training usually grows :math:`\|I - W\|` and the step count with it (samples stopped by
-    ``max_steps`` have ``info.converged = False``; ``solver="anderson"`` needs about 3x fewer
-    steps). Other arguments as :class:`DEQDense`; the backward mode is GMRES by default
-    (:math:`W` is not symmetric).
+    :math:`\|I - W\| \approx 0.3`; training usually grows :math:`\|I - W\|` and the step count
+    with it (samples stopped by ``max_steps`` are reported as not converged). Other arguments
+    as :class:`DEQDense`; the backward mode is GMRES by default (:math:`W` is not symmetric).
     """
 
     def __init__(
@@ -489,27 +391,21 @@ class MonDEQDense(_Equilibrium):
 
     def step_size(self) -> jax.Array:
         """The splitting step :math:`\\alpha` (no gradient)."""
-        w = jax.lax.stop_gradient(self.effective_weight())
+        a = self.weight_a[...]
         if self.alpha is not None:
-            return jnp.asarray(self.alpha, w.dtype)
-        i_w = jnp.eye(self.features, dtype=w.dtype) - w
-        if self.features <= _EXACT_NORM_MAX:
-            lipschitz = jnp.linalg.norm(i_w, 2)
-        else:
-            lipschitz = _power_norm(
-                lambda v: i_w @ v, lambda v: i_w.T @ v, (self.features,), w.dtype,
-                self.power_iterations,
-            )
-        return self.m / lipschitz**2
+            return jnp.asarray(self.alpha, a.dtype)
+        return step_size(self.m, a, self.weight_b[...], (self.features,),
+                         exact_max=_EXACT_NORM_MAX, iterations=self.power_iterations)
 
-    def __call__(self, x: jax.Array, *, init: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
+                 return_info: bool = False):
         x = _check_input(type(self).__name__, x, (self.in_features,))
-        w = self.effective_weight()
-        dtype = self._dtype(x, w, self.input_weight[...])
+        a, b = self.weight_a[...], self.weight_b[...]
+        dtype = self._dtype(x, a, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
-        alpha = self.step_size().astype(dtype)
-        map_fn = functools.partial(_relu_fb_map, _dense_w)
-        return _solve(self, map_fn, (w.astype(dtype), alpha), c, init, jnp.minimum(alpha, 1))
+        problem = MonDEQProblem(a.astype(dtype), b.astype(dtype), self.m,
+                                step=self.step_size().astype(dtype))
+        return _solve(self, problem, c, init, return_info)
 
 
 class MonDEQConv(_Equilibrium):
@@ -517,15 +413,15 @@ class MonDEQConv(_Equilibrium):
     :math:`z^\star = \operatorname{relu}(W z^\star + U * x + b)`,
     :math:`W z = (1 - m) z - A^\top(A z) + B z - B^\top z`.
 
-    :math:`A, B` are 3x3 ``channels -> channels`` convolutions (stride 1, 'SAME' zero padding)
-    and :math:`A^\top, B^\top` their exact adjoints (:func:`conv2d_adjoint`); :math:`U` is a 3x3
-    ``in_channels -> channels`` convolution and :math:`b` a per-channel bias. Everything else is
-    as :class:`MonDEQDense`, except that :math:`\|I - W\|_2` is always a power-iteration
-    estimate (``power_iterations`` steps on :math:`(I - W)^\top (I - W)` over one feature map of
-    the input's spatial size, from a fixed random start).
+    :math:`A, B` are 3x3 ``channels -> channels`` convolutions (stride 1, 'SAME' zero padding;
+    :class:`optjax.convolution.Conv2D`) and :math:`A^\top, B^\top` their exact adjoints;
+    :math:`U` is a 3x3 ``in_channels -> channels`` convolution and :math:`b` a per-channel bias.
+    Everything else is as :class:`MonDEQDense`, except that :math:`\|I - W\|_2` is always a
+    power-iteration estimate (``power_iterations`` steps on :math:`(I - W)^\top (I - W)` over
+    one feature map of the input's spatial size, from a fixed random start).
 
-    ``__call__(x, *, init=None)``: ``x`` of shape ``(batch, H, W, in_channels)``; returns
-    ``z*`` of shape ``(batch, H, W, channels)``.
+    ``__call__(x, *, init=None, return_info=False)``: ``x`` of shape
+    ``(batch, H, W, in_channels)``; returns ``z*`` of shape ``(batch, H, W, channels)``.
     """
 
     def __init__(
@@ -559,35 +455,32 @@ class MonDEQConv(_Equilibrium):
         )
         self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
 
+    def _maps(self, spatial, dtype=None):
+        ka, kb = self.kernel_a[...], self.kernel_b[...]
+        if dtype is not None:
+            ka, kb = ka.astype(dtype), kb.astype(dtype)
+        return Conv2D(ka, tuple(spatial)), Conv2D(kb, tuple(spatial))
+
     def apply_weight(self, z: jax.Array) -> jax.Array:
-        """:math:`Wz` for one ``(H, W, C)`` feature map or a batch of them."""
-        return _conv_w(self.m, z, self.kernel_a[...], self.kernel_b[...])
+        """:math:`Wz` for one ``(H, W, C)`` feature map."""
+        from optjax.mondeq import _apply_w
+
+        return _apply_w(self.m, *self._maps(z.shape[:2]), z)
 
     def step_size(self, spatial: tuple[int, int]) -> jax.Array:
         """The splitting step :math:`\\alpha` for ``(H, W)`` feature maps (no gradient)."""
-        ka = jax.lax.stop_gradient(self.kernel_a[...])
-        kb = jax.lax.stop_gradient(self.kernel_b[...])
         if self.alpha is not None:
-            return jnp.asarray(self.alpha, ka.dtype)
-        m = self.m
+            return jnp.asarray(self.alpha, self.kernel_a[...].dtype)
+        a, b = self._maps(spatial)
+        return step_size(self.m, a, b, tuple(spatial) + (self.channels,),
+                         iterations=self.power_iterations)
 
-        def i_w(v):  # (I - W) v = m v + A^T A v - B v + B^T v
-            return m * v + conv2d_adjoint(conv2d(v, ka), ka) - conv2d(v, kb) + conv2d_adjoint(v, kb)
-
-        def i_w_adjoint(v):
-            return m * v + conv2d_adjoint(conv2d(v, ka), ka) + conv2d(v, kb) - conv2d_adjoint(v, kb)
-
-        shape = tuple(spatial) + (self.channels,)
-        lipschitz = _power_norm(i_w, i_w_adjoint, shape, ka.dtype, self.power_iterations)
-        return m / lipschitz**2
-
-    def __call__(self, x: jax.Array, *, init: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
+                 return_info: bool = False):
         x = _check_input(type(self).__name__, x, (None, None, self.in_channels))
-        ka, kb = self.kernel_a[...], self.kernel_b[...]
-        dtype = self._dtype(x, ka, self.input_kernel[...])
+        dtype = self._dtype(x, self.kernel_a[...], self.input_kernel[...])
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
         c = c + self.bias[...].astype(dtype)
-        alpha = self.step_size(x.shape[1:3]).astype(dtype)
-        map_fn = functools.partial(_relu_fb_map, functools.partial(_conv_w, self.m))
-        params = (ka.astype(dtype), kb.astype(dtype), alpha)
-        return _solve(self, map_fn, params, c, init, jnp.minimum(alpha, 1))
+        a, b = self._maps(x.shape[1:3], dtype)
+        problem = MonDEQProblem(a, b, self.m, step=self.step_size(x.shape[1:3]).astype(dtype))
+        return _solve(self, problem, c, init, return_info)

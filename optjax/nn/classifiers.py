@@ -8,6 +8,10 @@ Families: ``"opteq"`` (:class:`OptEqDense`, :class:`OptEqConv`), ``"deq"`` (unco
 reference ``"explicit"``: the equilibrium layer replaced by two explicit layers
 ``relu(A2 relu(U x + b1) + b2)`` (dense: an MLP; conv: a plain two-convolution CNN). The same
 stem, pooling and head for all, so differences come from the equilibrium layer.
+
+``model(x, return_info=True)`` returns ``(logits, info)``, ``info`` the equilibrium layer's
+per-sample :class:`optjax.SolveInfo` (None for ``"explicit"``); ``model.stats`` is that layer's
+:class:`optjax.nn.SolveSummary` of the last call.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import jax
 from flax import nnx
 
 from optjax.config import ConfigError
-from optjax.nn._info import SolverInfo
 from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
 from optjax.nn.deep import DeepOptEq
 from optjax.nn.layers import OptEqConv, OptEqDense
@@ -34,7 +37,8 @@ KINDS = ("dense", "conv")
 
 class ExplicitBlock(nnx.Module):
     """Two explicit layers ``relu(A2 relu(U x + b1) + b2)``, dense or 3 x 3 convolutions (same
-    size): the reference that the equilibrium layers replace. ``info`` is always None."""
+    size): the reference that the equilibrium layers replace. It solves nothing: no summary,
+    and ``return_info=True`` returns None as the info."""
 
     def __init__(self, kind: str, in_size: int, width: int, *, rngs: nnx.Rngs):
         if kind == "dense":
@@ -43,10 +47,10 @@ class ExplicitBlock(nnx.Module):
         else:
             self.first = nnx.Conv(in_size, width, (3, 3), padding="SAME", rngs=rngs)
             self.second = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
-        self.info = SolverInfo(None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return nnx.relu(self.second(nnx.relu(self.first(x))))
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
+        out = nnx.relu(self.second(nnx.relu(self.first(x))))
+        return (out, None) if return_info else out
 
 
 def _layer(family, kind, input_shape, width, rngs, options):
@@ -102,21 +106,23 @@ class ImplicitClassifier(nnx.Module):
         self.head = nnx.Linear(head_in, num_classes, rngs=rngs)
 
     @property
-    def info(self):
-        """The equilibrium layer's statistics from the last call (None for ``"explicit"``)."""
-        return self.layer.info.get_value()
+    def stats(self):
+        """The equilibrium layer's :class:`optjax.nn.SolveSummary` (None for ``"explicit"``)."""
+        return getattr(self.layer, "stats", None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected images of shape (batch,) + {self.input_shape} (channels last); got "
                 f"{tuple(x.shape)}"
             )
         if self.kind == "dense":
-            features = self.layer(x.reshape(x.shape[0], -1))
+            features, info = self.layer(x.reshape(x.shape[0], -1), return_info=True)
         else:
-            features = nnx.avg_pool(self.layer(x), (2, 2), strides=(2, 2))
-        return self.head(features.reshape(x.shape[0], -1))
+            features, info = self.layer(x, return_info=True)
+            features = nnx.avg_pool(features, (2, 2), strides=(2, 2))
+        logits = self.head(features.reshape(x.shape[0], -1))
+        return (logits, info) if return_info else logits
 
 
 def _count(family, kind, input_shape, num_classes, width, options):

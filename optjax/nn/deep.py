@@ -1,4 +1,5 @@
-r"""Deep OptEq as a Flax NNX module (OPTEQ.md section 4; the maths is in :mod:`optjax.deep`).
+r"""Deep OptEq as a Flax NNX module (docs/maths.md, section 4; the maths is in
+:mod:`optjax.deep`).
 
 ``DeepOptEq`` holds raw couplings :math:`V_l`, the input weight :math:`U` and the biases
 :math:`b_l` as parameters and solves
@@ -8,8 +9,10 @@ r"""Deep OptEq as a Flax NNX module (OPTEQ.md section 4; the maths is in :mod:`o
 with the used couplings :math:`A = \operatorname{normalize}(V, \rho)`
 (:func:`optjax.deep.normalize`): exact spectral norms, rescaled so that
 :math:`\|A_{l-1}\| + \|A_l\| \le \rho` for every layer, whatever the parameters are. The
-equilibrium therefore always minimises a :math:`(1 - \rho)`-strongly convex objective. The norms
-are constants for the gradient (as in spectral normalisation without the norm's derivative).
+equilibrium therefore always minimises a :math:`(1 - \rho)`-strongly convex objective, and the
+solve is certified with the norms computed for the normalisation (no second computation).
+Gradients flow through the normalisation (the norms' derivatives included), so they are the
+exact gradients of the normalised model.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from optjax import activations as _activations
+from optjax import backward as _backward
 from optjax import deep as _deep
 from optjax import solvers as _solvers
 from optjax.config import ConfigError
-
-from optjax.nn._info import SolverInfo
+from optjax.nn._info import EquilibriumModule
 
 __all__ = ["DeepOptEq"]
 
 
-class DeepOptEq(nnx.Module):
+class DeepOptEq(EquilibriumModule):
     """A chain of ``L = len(layer_sizes)`` OptEq layers with feed-forward and feedback couplings.
 
     ``x (B, in_features) -> s_L (B, layer_sizes[-1])``, the last layer's equilibrium state; all
@@ -48,7 +51,11 @@ class DeepOptEq(nnx.Module):
       rngs: ``nnx.Rngs`` for the initialisation (``A_l`` and ``U`` Gaussian with variance
         1/fan-in, biases 0).
 
-    After each call ``self.info`` holds the :class:`optjax.deep.DeepSolveInfo`.
+    ``__call__(x, *, return_info=False)`` returns ``s_L`` (or ``(s_L, info)`` with the
+    per-sample :class:`optjax.SolveInfo`); after each call ``self.stats`` summarises the solve
+    (:class:`optjax.nn.SolveSummary`). The solve is certified in both modes (the norms are
+    computed for the normalisation anyway), so evaluation mode changes nothing here; it is
+    accepted so that ``model.eval()`` and ``nnx.view`` reach every layer alike.
     """
 
     def __init__(
@@ -81,7 +88,10 @@ class DeepOptEq(nnx.Module):
         if sweep not in _deep.SWEEPS:
             raise ConfigError(f"sweep must be one of {_deep.SWEEPS}, got {sweep!r}")
         _solvers.get(solver)  # fail early on bad settings
-        _deep._resolve_backward(backward, None)
+        if _backward.get(backward).requires_symmetric:
+            raise ConfigError(
+                f"backward={backward!r} needs a symmetric system, but the Jacobian of the deep "
+                "map is not symmetric; use backward='gmres' or 'fixed_point'")
         if isinstance(activation, (str, _activations.Activation)):
             activation = (activation,) * len(sizes)
         acts = tuple(_deep._as_activation(a) for a in activation)
@@ -107,33 +117,47 @@ class DeepOptEq(nnx.Module):
             for k, n_in, n_out in zip(keys[1:], sizes[:-1], sizes[1:])
         ])
         self.biases = nnx.List([nnx.Param(jnp.zeros((n,), param_dtype)) for n in sizes])
-        self.info = SolverInfo(None)
+        self._init_stats()
 
     def used_couplings(self) -> tuple[jax.Array, ...]:
         """The normalised couplings ``A_l`` the solve uses."""
-        return _deep.normalize(tuple(a.get_value() for a in self.couplings), self.rho)
+        return self._normalized()[0]
+
+    def _normalized(self):
+        """The normalised couplings and their norms ``scale_l ||V_l||`` (for the certificate)."""
+        raw = tuple(a.get_value() for a in self.couplings)
+        if not raw:
+            return (), None
+        norms = _deep.coupling_norms(raw)
+        scales = _deep.normalization_scales(norms, self.rho)
+        couplings = tuple(v * k.astype(v.dtype) for v, k in zip(raw, scales))
+        return couplings, jax.lax.stop_gradient(scales * norms)
 
     def problem(self) -> _deep.DeepProblem:
         """The :class:`optjax.deep.DeepProblem` this module solves."""
+        couplings, norms = self._normalized()
         return _deep.DeepProblem(
-            self.used_couplings(),
+            couplings,
             self.input_weight.get_value(),
             tuple(b.get_value() for b in self.biases),
             self.activations,
+            sweep=self.sweep,
+            coupling_norms=norms,
         )
 
-    def states(self, x: jax.Array) -> list[jax.Array]:
-        """All equilibrium states ``[s_1, ..., s_L]`` for the batch ``x``; updates ``self.info``."""
+    def states(self, x: jax.Array, *, return_info: bool = False):
+        """All equilibrium states ``[s_1, ..., s_L]`` for the batch ``x`` (and the
+        :class:`optjax.SolveInfo` if ``return_info``); updates ``self.stats``."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"DeepOptEq expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
             )
         states, info = _deep.equilibrium(
-            self.problem(), x, sweep=self.sweep, solver=self.solver, tol=self.tol,
-            max_steps=self.max_steps, backward=self.backward,
+            self.problem(), x, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
+            backward=self.backward,
         )
-        self.info.set_value(info)
-        return states
+        return self._finish(states, info, return_info)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.states(x)[-1]
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
+        states, info = self.states(x, return_info=True)
+        return (states[-1], info) if return_info else states[-1]

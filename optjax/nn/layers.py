@@ -7,14 +7,34 @@ r"""OptEq layers as Flax NNX modules: thin holders of parameters that call the c
 channels (stride 1, same size), :math:`W^\top` its exact adjoint, and :math:`U x + b` a
 convolution of the input.
 
-Both keep :math:`\|W\| \le \rho` by the reparametrisation of :mod:`optjax.nn.spectral`, pass the
-exact (dense) or certified (convolution) norm of the used weight to the certificate, and leave
-the solve's :class:`optjax.SolveInfo` in ``layer.info`` after each call.
+Both keep :math:`\|W\| \le \rho` by the reparametrisation of :mod:`optjax.nn.spectral`. After
+each call ``layer.stats`` summarises the solve (fixed-size scalars, :class:`optjax.nn.SolveSummary`);
+``z, info = layer(x, return_info=True)`` also returns the per-sample :class:`optjax.SolveInfo`.
 
-Priors (OPTEQ.md sections 5 and 6): ``prior`` is any :mod:`optjax.priors` prior; the quadratic
-prior's feature is :math:`u = T(0) = W^\top\sigma(U x + b)`, the first step of plain iteration.
-``anchor`` turns on Halpern's iteration: ``"zero"`` (minimum-norm equilibrium), ``"injection"``
-(:math:`T(0)`, as above) or ``"learned"`` (a parameter vector).
+**What is certified, and what it costs.** ``certify=None`` (default): in evaluation mode
+(``model.eval()``, or ``nnx.view(model, use_running_average=True, deterministic=True)``), the
+exact (dense) or certified (convolution) norm of the
+used weight is computed, the weight rescaled once more if the power-iteration estimate fell
+short, so :math:`\|W\| \le \rho` holds exactly, and every sample gets the suboptimality and
+distance bounds. In training mode no norm is computed (a dense 512 x 256 exact norm costs more
+than a whole forward solve on a CPU): :math:`\|W\| \le \rho` then holds up to the error of
+the power-iteration estimate (a lower bound of :math:`\|V\|` that tracks the weights with
+``power_steps`` steps per call, 3 by default: with one step, a convolution's estimate fell
+behind Adam's updates at learning rate 1e-2 and training diverged), the objective stays convex as long as that error is below :math:`1/\rho - 1` (5% at
+:math:`\rho = 0.95`), clearly nonconvex weights are still flagged (a certified lower bound on
+:math:`\|W\|`), and the bounds are reported as infinite. ``certify=True`` certifies every
+call (training included); ``certify=False`` never does. So training never pays the exact norm
+by default, and the exact certificate of a trained model is one evaluation-mode call away:
+``eval_model = nnx.view(model, use_running_average=True, deterministic=True)``, then
+``eval_model(x)`` (``layer.stats.suboptimality_bound_max``) or ``layer(x, return_info=True)``
+on the layer of ``eval_model`` (per-sample bounds).
+
+Priors (docs/maths.md, sections 5 and 6): ``prior`` is any :mod:`optjax.priors` prior; the
+quadratic prior's feature is :math:`u = T(0) = W^\top\sigma(U x + b)`, the first step of plain
+iteration. ``anchor`` selects among several equilibria with Halpern's iteration, so it needs
+``rho=1`` (with :math:`\rho < 1` the equilibrium is unique and an anchor would change nothing
+but the speed): ``"zero"`` (minimum-norm equilibrium) or ``"injection"`` (:math:`T(0)`, as
+above).
 """
 
 from __future__ import annotations
@@ -31,16 +51,24 @@ from optjax import activations as _activations
 from optjax import priors as _priors
 from optjax.config import ConfigError
 from optjax.convolution import Conv2D
-from optjax.nn._info import SolverInfo
+from optjax.nn._info import EquilibriumModule
 from optjax.nn.spectral import PowerIterationState, certified_norm, normalize, power_step
 
 __all__ = ["OptEqDense", "OptEqConv"]
 
-_ANCHORS = (None, "zero", "injection", "learned")
+_ANCHORS = (None, "zero", "injection")
 _OUTPUTS = ("z", "s")
 
 
-class _OptEqBase(nnx.Module):
+def _check_sizes(owner: str, **sizes) -> None:
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ConfigError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
+class _OptEqBase(EquilibriumModule):
     """Shared settings and the solve; subclasses define the weights and the injection."""
 
     def _setup(self, *, activation, rho, solver, tol, max_steps, backward, output, prior, anchor,
@@ -51,8 +79,22 @@ class _OptEqBase(nnx.Module):
             )
         if output not in _OUTPUTS:
             raise ConfigError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        if anchor == "learned":
+            raise ConfigError(
+                "anchor='learned' is not available: the equilibrium Halpern selects does not "
+                "depend differentiably on the anchor through implicit differentiation (I - J "
+                "is singular there), so a learned anchor would never get a gradient; use "
+                "'zero' or 'injection' with rho=1, or init to warm-start")
         if anchor not in _ANCHORS:
             raise ConfigError(f"anchor must be one of {_ANCHORS}, got {anchor!r}")
+        if anchor is not None and rho < 1.0:
+            raise ConfigError(
+                f"anchor={anchor!r} needs rho=1: with rho = {rho} < 1 the equilibrium is unique, "
+                "so an anchor changes nothing except making the solve slow (Halpern converges "
+                "as O(1/k)); drop the anchor, or set rho=1 to choose among several equilibria")
+        if certify not in (None, True, False):
+            raise ConfigError(f"certify must be None (exact in evaluation mode), True or False; "
+                              f"got {certify!r}")
         if prior is not None and not isinstance(prior, _priors.Prior):
             raise ConfigError(f"prior must be an optjax.priors.Prior, got {type(prior).__name__}")
         self.activation = activation if isinstance(activation, _activations.Activation) else _activations.get(activation)
@@ -67,15 +109,12 @@ class _OptEqBase(nnx.Module):
         self.certify = certify
         self.compute_dtype = compute_dtype
         self.power_steps = power_steps
-        self.use_running_average = False
+        self._init_stats()
         v = jax.random.normal(rngs.params(), state_shape, param_dtype)
         # Converge the estimate once at construction; afterwards a few steps per training call
         # track the slowly changing weights.
         v, _ = power_step(self._raw_weight(), v / jnp.linalg.norm(v), steps=100)
         self.power = PowerIterationState(v)
-        if anchor == "learned":
-            self.anchor = nnx.Param(jnp.zeros(state_shape, param_dtype))
-        self.info = SolverInfo(None)
 
     def used_weight(self):
         """The normalised weight W (updates the power-iteration vector in training mode)."""
@@ -85,12 +124,16 @@ class _OptEqBase(nnx.Module):
             self.power.set_value(v)
         return normalize(self._raw_weight(), sigma, self.rho)
 
-    def _solve(self, weight, injection):
+    def _certifies(self) -> bool:
+        return self.use_running_average if self.certify is None else self.certify
+
+    def _solve(self, weight, injection, return_info):
         batch = injection.shape[0]
         norm = None
-        if self.certify:
+        certify = self._certifies()
+        if certify:
             # The power estimate is a lower bound of ||V||: correct the scale with the certified
-            # norm computed for the certificate anyway, so that ||W|| <= rho exactly.
+            # norm, so that ||W|| <= rho exactly, and hand that norm to the certificate.
             # No gradient through this correction: it is 1 + O(estimate error), and
             # differentiating an exact norm (an SVD per frequency for a convolution) would cost
             # more than the rest of the backward pass.
@@ -111,17 +154,14 @@ class _OptEqBase(nnx.Module):
             anchor = jnp.zeros(problem.state_shape, injection.dtype)
         elif self.anchor_kind == "injection":
             anchor = first_step
-        elif self.anchor_kind == "learned":
-            anchor = self.anchor.get_value()
         feature = first_step if isinstance(self.prior, _priors.Quadratic) else None
         z, info = optjax.equilibrium(
             problem, injection, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
-            backward=self.backward, feature=feature, anchor=anchor, certify=self.certify,
+            backward=self.backward, feature=feature, anchor=anchor, certify=certify,
         )
-        self.info.set_value(info)
         if self.output == "s":
-            return self.activation(jax.vmap(lambda zi: linear_map.apply(weight, zi))(z) + injection)
-        return z
+            z = self.activation(jax.vmap(lambda zi: linear_map.apply(weight, zi))(z) + injection)
+        return self._finish(z, info, return_info)
 
 
 class OptEqDense(_OptEqBase):
@@ -135,16 +175,20 @@ class OptEqDense(_OptEqBase):
       solver, tol, max_steps, backward: passed to :func:`optjax.equilibrium`.
       output: ``"z"`` (the minimiser) or ``"s"`` (``sigma(W z* + U x + b)``).
       prior, anchor: see the module docstring.
-      certify: compute the exact ``||W||`` each call, for the certificate, the convexity check
-        and an exact ``||W|| <= rho`` (without it the bound rests on the power iteration).
+      certify: ``None`` (default): the exact ``||W||`` and the certificate in evaluation mode
+        only; ``True``: every call; ``False``: never (see the module docstring).
       compute_dtype: e.g. ``jnp.bfloat16`` to evaluate T in mixed precision.
+
+    ``__call__(x, *, return_info=False)``: ``x`` of shape ``(batch, in_features)``; returns
+    ``z`` (or ``(z, info)`` with the per-sample :class:`optjax.SolveInfo`).
     """
 
     def __init__(self, in_features: int, features: int, hidden: int | None = None, *,
                  activation="relu", rho: float = 0.95, solver: str | None = None,
                  tol: float = 1e-4, max_steps: int = 100, backward="auto", output: str = "z",
-                 prior=None, anchor=None, certify: bool = True, compute_dtype=None,
-                 power_steps: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 prior=None, anchor=None, certify: bool | None = None, compute_dtype=None,
+                 power_steps: int = 3, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_sizes("OptEqDense", in_features=in_features, features=features, hidden=hidden)
         hidden = hidden or 2 * features
         self.in_features, self.features, self.hidden = in_features, features, hidden
         k1, k2 = jax.random.split(rngs.params())
@@ -160,13 +204,13 @@ class OptEqDense(_OptEqBase):
     def _raw_weight(self):
         return self.weight.get_value()
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"OptEqDense expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
             )
         injection = x @ self.input_weight.get_value().T + self.bias.get_value()
-        return self._solve(self.used_weight(), injection)
+        return self._solve(self.used_weight(), injection, return_info)
 
 
 class OptEqConv(_OptEqBase):
@@ -175,14 +219,23 @@ class OptEqConv(_OptEqBase):
 
     Arguments as :class:`OptEqDense`, plus ``spatial = (H, W)``, ``kernel_size`` (odd) and
     ``padding`` (``"zeros"``: the norm is a certified FFT upper bound; ``"circular"``: exact).
+    ``__call__(x, *, return_info=False)`` as :class:`OptEqDense`.
     """
 
     def __init__(self, in_channels: int, channels: int, spatial: Sequence[int],
                  hidden: int | None = None, *, kernel_size: int = 3, padding: str = "zeros",
                  activation="relu", rho: float = 0.95, solver: str | None = None,
                  tol: float = 1e-3, max_steps: int = 100, backward="auto", output: str = "z",
-                 prior=None, anchor=None, certify: bool = True, compute_dtype=None,
-                 power_steps: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 prior=None, anchor=None, certify: bool | None = None, compute_dtype=None,
+                 power_steps: int = 3, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_sizes("OptEqConv", in_channels=in_channels, channels=channels, hidden=hidden,
+                     kernel_size=kernel_size)
+        if len(tuple(spatial)) != 2:
+            raise ConfigError(f"OptEqConv: spatial must be (H, W), got {spatial!r}")
+        _check_sizes("OptEqConv", height=spatial[0], width=spatial[1])
+        if kernel_size % 2 == 0:
+            raise ConfigError(f"OptEqConv: kernel_size must be odd (a 'same'-sized convolution "
+                              f"with an exact adjoint), got {kernel_size}")
         hidden = hidden or 2 * channels
         self.in_channels, self.channels, self.hidden = in_channels, channels, hidden
         self.spatial = tuple(int(s) for s in spatial)
@@ -201,7 +254,7 @@ class OptEqConv(_OptEqBase):
     def _raw_weight(self):
         return Conv2D(self.kernel.get_value(), self.spatial, self.padding)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
         want = self.spatial + (self.in_channels,)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
@@ -210,4 +263,4 @@ class OptEqConv(_OptEqBase):
                     f": {x.shape[-1]} input channels, the layer was built for {self.in_channels}"
                     if x.ndim == 4 and x.shape[-1] != self.in_channels else "")
             )
-        return self._solve(self.used_weight(), self.injection(x))
+        return self._solve(self.used_weight(), self.injection(x), return_info)

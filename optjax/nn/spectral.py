@@ -1,16 +1,18 @@
 r"""Norm control that keeps the convexity guarantee: :math:`\|W\| \le \rho`.
 
 The used weight is :math:`W = \min(1, \rho / \hat\sigma)\, V`, with :math:`\hat\sigma` a power
-iteration estimate of :math:`\|V\|` whose vector persists between calls (one step per call, as in
-spectral normalisation, Miyato et al. 2018) and is updated in training mode only
-(``use_running_average=False``, set by ``module.train()`` / ``module.eval()``). The estimate is a
-lower bound, so :math:`\|W\|` can exceed :math:`\rho` by the estimate's error: with
-``certify=True`` (the default) the layers compute the exact or certified norm of the result
-(:func:`certified_norm`), which the certificate needs anyway, and rescale once more by
-:math:`\min(1, \rho / \|W\|)`, so the bound is exact; with ``certify=False`` it rests on the
-power iteration. Gradients flow through the power estimate (with the vector held fixed, as in
-spectral normalisation), not through the certified correction, which is 1 up to the estimate's
-error; at a converged vector the two have the same first derivative.
+iteration estimate of :math:`\|V\|` whose vector persists between calls (a few steps per call,
+as in spectral normalisation, Miyato et al. 2018) and is updated in training mode only
+(``use_running_average=False``, set by ``module.train()`` / ``module.eval()`` /
+``nnx.view``). The estimate is a lower bound, so :math:`\|W\|` can exceed :math:`\rho` by the
+estimate's error. When a layer certifies (``certify=None``, the default: in evaluation mode
+only; ``certify=True``: every call) it computes the exact or certified norm of the result
+(:func:`certified_norm`), which the certificate needs anyway, and rescales once more by
+:math:`\min(1, \rho / \|W\|)`, so the bound is exact; otherwise (training mode by default,
+``certify=False`` always) it rests on the power iteration. Gradients flow through the power
+estimate (with the vector held fixed, as in spectral normalisation), not through the certified
+correction, which is 1 up to the estimate's error; at a converged vector the two have the same
+first derivative.
 """
 
 from __future__ import annotations

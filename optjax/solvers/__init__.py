@@ -1,13 +1,20 @@
-"""Forward solvers, one per file; each is a frozen configuration with a ``run`` method."""
+"""Forward solvers, one per file; each is a frozen configuration with ``run`` (one sample) and
+``solve_batch`` (the batch, one loop; stopping per sample)."""
 
 from optjax.config import ConfigError
 from optjax.solvers._base import Solver, SolverRun
 from optjax.solvers.anderson import Anderson
 from optjax.solvers.fixed_point import FixedPoint
 from optjax.solvers.halpern import Halpern
+from optjax.solvers.jaxopt_reference import JaxoptAnderson, JaxoptFixedPoint
 from optjax.solvers.nesterov import Nesterov
+from optjax.solvers.safeguarded_anderson import SafeguardedAnderson
 
-SOLVERS = {cls.name: cls for cls in (FixedPoint, Anderson, Halpern, Nesterov)}
+SOLVERS = {
+    cls.name: cls
+    for cls in (FixedPoint, Anderson, SafeguardedAnderson, Halpern, Nesterov, JaxoptFixedPoint,
+                JaxoptAnderson)
+}
 
 
 def get(solver, **options) -> Solver:
@@ -24,4 +31,7 @@ def get(solver, **options) -> Solver:
     return SOLVERS[solver].from_dict(options)
 
 
-__all__ = ["Solver", "SolverRun", "FixedPoint", "Anderson", "Halpern", "Nesterov", "SOLVERS", "get"]
+__all__ = [
+    "Solver", "SolverRun", "FixedPoint", "Anderson", "SafeguardedAnderson", "Halpern", "Nesterov",
+    "JaxoptFixedPoint", "JaxoptAnderson", "SOLVERS", "get",
+]

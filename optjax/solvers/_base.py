@@ -1,10 +1,24 @@
-"""What every forward solver shares: its configuration base class and its result for one sample.
+r"""What every forward solver shares: its configuration base class, its result, and the batched
+loop.
 
-A solver runs on ONE sample (the caller vmaps it over the batch, so a batched while-loop
-freezes each sample once it has converged: stopping is per sample). It iterates a nonexpansive
-map ``fn`` and stops when ``||z - fn(z)|| <= tol`` or after ``max_steps`` steps, returning the
-last point whose residual it measured together with that point's image, so the caller can
-return ``fn(point)`` and certify it without another evaluation.
+A solver iterates a nonexpansive map :math:`S` and stops, per sample, at the first point
+:math:`z` with :math:`\|z - S(z)\| \le` tol (or after ``max_steps`` steps). It returns that point
+with its image :math:`S(z)`, so the caller can return :math:`S(z)` and certify it without
+another evaluation.
+
+Two entry points:
+
+* :meth:`Solver.run` solves ONE sample: ``fn(z) = S(z)``.
+* :meth:`Solver.solve_batch` solves the whole batch: ``fn(z_i, data_i) = S(z_i)`` per sample.
+  The default vmaps :meth:`Solver.run`; optjax's own solvers instead run one loop over the
+  batch (:func:`batch_loop`): every step evaluates :math:`S` once on the whole batch, and a
+  sample that has stopped is frozen by one select on its point and image, so that it costs
+  nothing but its share of that evaluation.
+
+Arithmetic stays in the state's dtype: the stopping test compares the residual computed in
+that dtype with ``tol`` rounded to it, so a float32 sample stops exactly when its float32
+residual is at most ``tol``, even with x64 enabled. A NaN residual compares False: such a
+sample stops at once and the others are unaffected.
 """
 
 from __future__ import annotations
@@ -15,24 +29,34 @@ from typing import Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optjax.config import Config
+from optjax.config import ConfigError, Config
 
 
 class SolverRun(NamedTuple):
-    """One sample's solve: ``image = fn(point)`` and ``residual = ||point - image||``."""
+    """A solve's result (per sample, or with a leading batch axis from ``solve_batch``).
+
+    ``image = S(point)`` (None: the caller evaluates it); ``residual = ||point - image||`` in the
+    state's dtype, the value the solver's stopping test used (None when the solver does not
+    have it, e.g. the jaxopt references)."""
 
     point: jax.Array
-    image: jax.Array | None  # None: the caller evaluates fn(point)
+    image: jax.Array | None
     steps: jax.Array  # iterations taken
-    evaluations: jax.Array  # evaluations of fn so far
+    evaluations: jax.Array  # evaluations of S (a rejected candidate counts)
+    residual: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Solver(Config):
-    """Base class of forward solvers."""
+    """Base class of forward solvers (frozen, hashable configurations).
+
+    Class attributes: ``name`` (registry name), ``uses_anchor`` (Halpern), ``needs_objective``
+    (refuses problems without an explicit objective, i.e. without ``value_and_map``).
+    """
 
     name: ClassVar[str] = "solver"
     uses_anchor: ClassVar[bool] = False
+    needs_objective: ClassVar[bool] = False
 
     def run(
         self,
@@ -42,14 +66,105 @@ class Solver(Config):
         tol: float,
         max_steps: int,
         anchor: jax.Array | None = None,
-    ) -> SolverRun:  # pragma: no cover - abstract
-        raise NotImplementedError
+        value_and_map: Callable | None = None,
+    ) -> SolverRun:
+        """Solve ONE sample. ``fn(z) = S(z)``; ``value_and_map(z) = (F(z), S(z))`` at the cost of
+        one evaluation, or None when the problem has no explicit objective. The default runs
+        :meth:`solve_batch` on a batch of one."""
+        data_free = lambda f: None if f is None else (lambda z, _: f(z))  # noqa: E731
+        out = self.solve_batch(
+            data_free(fn), z0[None], None, tol=tol, max_steps=max_steps,
+            anchor=None if anchor is None else anchor[None],
+            value_and_map=data_free(value_and_map),
+        )
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+
+    def solve_batch(
+        self,
+        fn: Callable,
+        z0: jax.Array,
+        data,
+        *,
+        tol: float,
+        max_steps: int,
+        anchor: jax.Array | None = None,
+        value_and_map: Callable | None = None,
+    ) -> SolverRun:
+        """Solve the batch: ``fn(z_i, data_i) = S(z_i)`` and ``value_and_map(z_i, data_i) =
+        (F(z_i), S(z_i))`` per sample; ``z0`` and ``anchor`` of shape ``(B,) + state``, ``data`` a
+        pytree with a leading batch axis (leaves may be None). Returns batched fields; stopping
+        is per sample. The default vmaps :meth:`run` (a subclass defines one or the other)."""
+        if type(self).run is Solver.run:
+            raise NotImplementedError(f"{type(self).__name__} defines neither run nor solve_batch")
+
+        def one(z0_i, data_i, anchor_i):
+            vm = None if value_and_map is None else (lambda z: value_and_map(z, data_i))
+            return self.run(lambda z: fn(z, data_i), z0_i, tol=tol, max_steps=max_steps,
+                            anchor=anchor_i, value_and_map=vm)
+
+        return jax.vmap(one)(z0, data, anchor)
+
+    def _require_objective(self, value_and_map) -> None:
+        if self.needs_objective and value_and_map is None:
+            raise ConfigError(
+                f"the {self.name!r} solver needs the problem's explicit objective F "
+                "(value_and_map), and this problem has none; use solver='anderson' or "
+                "'nesterov' instead"
+            )
 
 
 def norm(v: jax.Array) -> jax.Array:
+    """Euclidean norm of one sample, in its dtype."""
     return jnp.sqrt(jnp.sum(v * v))
+
+
+def batch_norms(v: jax.Array) -> jax.Array:
+    """Per-sample Euclidean norms of a batch ``(B, ...)`` -> ``(B,)``, in its dtype."""
+    return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1))
 
 
 def keep_going(step, residual, tol, max_steps):
     # A NaN residual compares False: a non-finite sample stops at once instead of running on.
     return (step < max_steps) & (residual > tol)
+
+
+def batched(fn: Callable | None, data) -> Callable | None:
+    """``z -> vmap(fn)(z, data)``: a per-sample map applied to the whole batch."""
+    if fn is None:
+        return None
+    vmapped = jax.vmap(fn)
+    return lambda z: vmapped(z, data)
+
+
+def freeze(active: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``new`` for the active samples, ``old`` for the stopped ones (``active`` of shape (B,))."""
+    return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
+
+
+def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: int):
+    """Run ``step`` on the whole batch until every sample has stopped.
+
+    Sample ``i`` is active while ``residual[i] > tol`` (False for NaN) and fewer than
+    ``max_steps`` steps were taken. ``step(carry, residual, active, k) -> (carry, residual)``
+    advances every sample; it must leave the outputs (point, image) of the inactive samples unchanged
+    (see :func:`freeze`); their residuals are kept here. Returns ``(carry, residual, steps)``
+    with ``steps`` (B,) int32, the step at which each sample stopped.
+    """
+    tol = jnp.asarray(tol, residual.dtype)  # the test in the state's dtype, never promoted
+
+    def cond(state):
+        _, residual, _, k = state
+        return (k < max_steps) & jnp.any(residual > tol)
+
+    def body(state):
+        carry, residual, steps, k = state
+        active = residual > tol
+        carry, new_residual = step(carry, residual, active, k)
+        residual = jnp.where(active, new_residual, residual)
+        return carry, residual, steps + active.astype(jnp.int32), k + 1
+
+    steps = jnp.zeros(residual.shape, jnp.int32)
+    carry, residual, steps, _ = jax.lax.while_loop(
+        cond, body, (carry, residual, steps, jnp.asarray(0, jnp.int32))
+    )
+    return carry, residual, steps

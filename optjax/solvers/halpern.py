@@ -1,11 +1,12 @@
-r"""Halpern's anchored iteration (OPTEQ.md section 6).
+r"""Halpern's anchored iteration.
 
 .. math:: z_{k+1} = \beta_k u + (1 - \beta_k) S(z_k), \qquad \beta_k = \frac{1}{k + 2}.
 
 For a nonexpansive :math:`S` it converges to :math:`P_{\operatorname{Fix} S}(u)`, the
 equilibrium nearest the anchor :math:`u`, even when the fixed points are not unique (for example
 :math:`\|W\| = 1`), with :math:`\|z_k - S z_k\| \le 2\|z_0 - z^\star\| / (k + 1)`: slow, so use
-it to choose an equilibrium, not for speed. The iteration starts at the anchor.
+it to choose an equilibrium, not for speed. The iteration starts at the anchor (or at the
+caller's ``z0``); one evaluation of :math:`S` per step.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 
-from optjax.solvers._base import Solver, SolverRun, keep_going, norm
+from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,19 +26,20 @@ class Halpern(Solver):
     name: ClassVar[str] = "halpern"
     uses_anchor: ClassVar[bool] = True
 
-    def run(self, fn, z0, *, tol, max_steps, anchor=None) -> SolverRun:
-        u = jnp.zeros_like(z0) if anchor is None else anchor
-        image0 = fn(z0)
+    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+        apply = batched(fn, data)
+        u = jnp.zeros_like(z0) if anchor is None else anchor.astype(z0.dtype)
 
-        def cond(state):
-            z, image, k = state
-            return keep_going(k, norm(z - image), tol, max_steps)
+        def step(carry, _, active, k):
+            z, image = carry
+            beta = 1 / (k.astype(z.dtype) + 2)
+            z_new = freeze(active, image + beta * (u - image), z)
+            image_new = freeze(active, apply(z_new), image)
+            return (z_new, image_new), batch_norms(z_new - image_new)
 
-        def body(state):
-            z, image, k = state
-            beta = 1.0 / (k + 2.0)
-            z = beta * u + (1.0 - beta) * image
-            return z, fn(z), k + 1
-
-        z, image, k = jax.lax.while_loop(cond, body, (z0, image0, jnp.asarray(0)))
-        return SolverRun(point=z, image=image, steps=k, evaluations=k + 1)
+        image0 = apply(z0)
+        (z, image), residual, steps = batch_loop(
+            step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+        )
+        return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
+                         residual=residual)

@@ -1,7 +1,7 @@
 r"""Accelerated forward-backward splitting (FISTA) with adaptive restart, on :math:`G + R`.
 
 Every step is one evaluation of :math:`S = \operatorname{prox}_R \circ T`, a forward-backward
-step with step size :math:`1 = 1/L` (:math:`G - R` is 1-smooth):
+step with step size :math:`1 = 1/L` (:math:`G` is 1-smooth):
 
 .. math::
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 
-from optjax.solvers._base import Solver, SolverRun, keep_going, norm
+from optjax.config import require
+from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,28 +34,32 @@ class Nesterov(Solver):
     name: ClassVar[str] = "nesterov"
 
     def _validate(self):
-        from optjax.config import require
-
         require(isinstance(self.restart, bool), f"Nesterov.restart must be a bool, got {self.restart!r}")
 
-    def run(self, fn, z0, *, tol, max_steps, anchor=None) -> SolverRun:
-        one = jnp.ones((), dtype=z0.dtype)
+    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+        apply = batched(fn, data)
+        batch = z0.shape[0]
+        per_sample = lambda v: v.reshape((batch,) + (1,) * (z0.ndim - 1))  # noqa: E731
 
-        def cond(state):
-            _, y, image, _, k = state
-            return keep_going(k, norm(y - image), tol, max_steps)
-
-        def body(state):
-            x, y, image, t, k = state
+        # x, t of a stopped sample run on unused; its y and image are frozen.
+        def step(carry, _, active, k):
+            x, y, image, t = carry
             x_new = image
             t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-            y_new = x_new + ((t - 1.0) / t_new) * (x_new - x)
+            momentum = (t - 1.0) / t_new
             if self.restart:
-                fire = jnp.vdot(y - image, x_new - x) > 0
-                y_new = jnp.where(fire, x_new, y_new)
-                t_new = jnp.where(fire, one, t_new)
-            return x_new, y_new, fn(y_new), t_new, k + 1
+                gap = (y - image).reshape(batch, -1)
+                fire = jnp.sum(gap * (x_new - x).reshape(batch, -1), axis=1) > 0
+                momentum = jnp.where(fire, 0.0, momentum)
+                t_new = jnp.where(fire, 1.0, t_new)
+            y_new = freeze(active, x_new + per_sample(momentum) * (x_new - x), y)
+            image_new = freeze(active, apply(y_new), image)
+            return (x_new, y_new, image_new, t_new), batch_norms(y_new - image_new)
 
-        state = (z0, z0, fn(z0), one, jnp.asarray(0))
-        _, y, image, _, k = jax.lax.while_loop(cond, body, state)
-        return SolverRun(point=y, image=image, steps=k, evaluations=k + 1)
+        image0 = apply(z0)
+        t0 = jnp.ones((batch,), z0.dtype)
+        (_, y, image, _), residual, steps = batch_loop(
+            step, (z0, z0, image0, t0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+        )
+        return SolverRun(point=y, image=image, steps=steps, evaluations=steps + 1,
+                         residual=residual)

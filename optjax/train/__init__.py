@@ -4,11 +4,14 @@
 * :class:`TrainConfig` (:mod:`optjax.train.config`): every option, typed, frozen, unknown keys
   refused;
 * :func:`train` (:mod:`optjax.train.loop`): a jit-compiled, data-parallel AdamW run with metrics
-  (JSON lines), orbax checkpoints, exact resumption and plots;
+  (JSON lines), orbax checkpoints, exact resumption (or resumption with changed optimisation
+  and solver options, reported), several processes, and plots;
 * :func:`evaluate` (:mod:`optjax.train.evaluate`): accuracy and certificate statistics of a
   saved run;
-* the pure steps (:mod:`optjax.train.step`), sharding helpers (:mod:`optjax.train.sharding`),
-  checkpoints (:mod:`optjax.train.checkpoint`).
+* the pure steps (:mod:`optjax.train.step`), data augmentation on device
+  (:mod:`optjax.train.augment`), sharding helpers (:mod:`optjax.train.sharding`), checkpoints
+  verified file by file (:mod:`optjax.train.checkpoint`), the run's identity
+  (:mod:`optjax.train.identity`).
 """
 
 from optjax.train.checkpoint import CheckpointError, Checkpoints

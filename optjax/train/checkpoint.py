@@ -1,10 +1,13 @@
-"""Checkpoints of a :class:`TrainState` with orbax, verified on restore.
+"""Checkpoints of a :class:`TrainState` with orbax, verified before and after reading.
 
-A checkpoint holds the state's leaves as arrays (``leaf_00000``, ...) and a JSON record: the
-leaves' pytree paths, shapes, dtypes and SHA-256 digests, the model options and the full
-configuration. Restoring checks, in this order, that the record matches the model being
-restored (else "incompatible", naming the differences) and that every array read back has the
-digest it was saved with (else "corrupt"): a damaged file never becomes silently wrong weights.
+A checkpoint (folder ``checkpoints/<step>``) holds the state's leaves as arrays (``leaf_00000``,
+...), a JSON record (the leaves' pytree paths, shapes, dtypes and SHA-256 digests, the run's id,
+the model options and the full configuration), and, written once orbax has committed the step,
+``files.json``: the size and SHA-256 digest of every file of the step. Restoring checks, in this
+order, that every file is as it was written (else "corrupt", naming the file; so orbax never
+reads a damaged file), that the record belongs to this run (else "another run") and matches the
+model being restored (else "different model", naming the differences), and that every array read
+back has the digest it was saved with: a damaged file never becomes silently wrong weights.
 """
 
 from __future__ import annotations
@@ -19,19 +22,35 @@ import jax
 import numpy as np
 
 from optjax.train.config import TrainConfig
+from optjax.train.identity import is_main_process
 from optjax.train.sharding import host_value as _host
 
 __all__ = ["CheckpointError", "Checkpoints"]
 
-FORMAT = 1
+FORMAT = 2
+MANIFEST = "files.json"
+
+
+def _part(name: str) -> str:
+    """The part of a checkpoint a file belongs to: the arrays (``"state"``) or the records
+    (``"meta"``: the JSON record and orbax's own metadata), verified when each is read."""
+    return "state" if name.startswith("state/") else "meta"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or was written by a different model."""
+    """A checkpoint is missing, corrupt, of another run, or was written by a different model."""
 
 
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _file_digest(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe(state) -> tuple[list[str], list[list[int]], list[str]]:
@@ -44,6 +63,15 @@ def _key(i: int) -> str:
     return f"leaf_{i:05d}"
 
 
+def _cause(err: BaseException) -> str:
+    """The innermost cause of ``err``, on one line, without orbax's TensorStore spec dump."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = " ".join(str(err).split())
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(err).__name__}: {text[:300]}"
+
+
 class Checkpoints:
     """The checkpoints of one run, in ``directory`` (created on first save).
 
@@ -51,9 +79,12 @@ class Checkpoints:
       directory: where the step folders go (``out_dir/checkpoints``).
       config: the run's configuration (its model fields are checked on restore).
       keep: how many of the latest checkpoints to keep.
+      run_id: the run's identity, written into every checkpoint (see
+        :mod:`optjax.train.identity`; None: unchecked).
     """
 
-    def __init__(self, directory: str | pathlib.Path, config: TrainConfig, *, keep: int = 2):
+    def __init__(self, directory: str | pathlib.Path, config: TrainConfig, *, keep: int = 2,
+                 run_id: str | None = None):
         import orbax.checkpoint as ocp
 
         # orbax logs every save at INFO level; keep the training output readable.
@@ -61,6 +92,7 @@ class Checkpoints:
         self._ocp = ocp
         self.directory = pathlib.Path(directory).absolute()
         self.config = config
+        self.run_id = run_id
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -83,8 +115,8 @@ class Checkpoints:
             return self.path(step)
         leaves = jax.tree.leaves(state)
         paths, shapes, dtypes = _describe(state)
-        meta = dict(format=FORMAT, step=step, epoch=epoch, paths=paths, shapes=shapes,
-                    dtypes=dtypes, sha256=[_digest(_host(v)) for v in leaves],
+        meta = dict(format=FORMAT, run_id=self.run_id, step=step, epoch=epoch, paths=paths,
+                    shapes=shapes, dtypes=dtypes, sha256=[_digest(_host(v)) for v in leaves],
                     model=self.config.model_fields(), config=self.config.to_dict(),
                     **(extra or {}))
         arrays = {_key(i): v for i, v in enumerate(leaves)}
@@ -92,28 +124,99 @@ class Checkpoints:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
+        self._write_manifest(step)
         return self.path(step)
 
-    def _unreadable(self, step: int, err: Exception) -> CheckpointError:
+    def _write_manifest(self, step: int) -> None:
+        folder = self.path(step)
+        if is_main_process():
+            files = {str(p.relative_to(folder)): [p.stat().st_size, _file_digest(p)]
+                     for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            temporary = folder / (MANIFEST + ".tmp")
+            temporary.write_text(json.dumps(files, indent=1) + "\n")
+            temporary.replace(folder / MANIFEST)  # complete or absent, never half written
+        if jax.process_count() > 1:  # the others read it only once it is there
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"optjax checkpoint {step} manifest")
+
+    def _corrupt(self, step: int, what: str) -> CheckpointError:
         return CheckpointError(
-            f"checkpoint {self.path(step)} cannot be read ({type(err).__name__}: "
-            f"{str(err)[:300]}). It is corrupt or incomplete: delete that folder to fall back "
-            f"to an earlier checkpoint ({self.all_steps()} exist), or start afresh in a new "
-            "--out-dir (or with --overwrite)")
+            f"checkpoint {self.path(step)} is corrupt or incomplete: {what}. Nothing was loaded. "
+            f"Delete that folder to fall back to an earlier checkpoint (saved steps: "
+            f"{self.all_steps()}), or start afresh in a new --out-dir (or with --overwrite)")
+
+    def _verify_files(self, step: int, part: str) -> None:
+        """Every file of ``part`` (:func:`_part`) of the step's folder has the size and digest
+        it was saved with (checked before orbax reads any of them)."""
+        folder = self.path(step)
+        try:
+            files = json.loads((folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise self._corrupt(step, f"its file record {MANIFEST} is missing (the save did "
+                                "not finish)") from None
+        except ValueError:
+            raise self._corrupt(step, f"its file record {MANIFEST} is damaged") from None
+        recorded = {k: v for k, v in files.items() if _part(k) == part}
+        if not recorded:
+            raise self._corrupt(step, f"its file record {MANIFEST} lists no {part} files")
+        for name, (size, digest) in recorded.items():
+            path = folder / name
+            if not path.is_file():
+                raise self._corrupt(step, f"file {name} is missing")
+            now = path.stat().st_size
+            if now != size:
+                how = "truncated" if now < size else "longer than when saved"
+                raise self._corrupt(step, f"file {name} is {how} ({now} bytes, saved {size})")
+            if _file_digest(path) != digest:
+                raise self._corrupt(step, f"file {name} changed since it was saved (its SHA-256 "
+                                    "differs)")
+
+    def _unreadable(self, step: int, err: Exception) -> CheckpointError:
+        return self._corrupt(step, f"it cannot be read ({_cause(err)})")
+
+    def check_step(self, step: int) -> None:
+        """Raise :class:`CheckpointError` unless ``step`` has a checkpoint, listing those that
+        exist."""
+        steps = self.all_steps()
+        if step not in steps:
+            have = f"the saved steps are {steps}" if steps else "it holds none"
+            raise CheckpointError(f"there is no checkpoint of step {step} in {self.directory}; "
+                                  f"{have}")
 
     def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON record of checkpoint ``step`` (its files verified first)."""
+        self.check_step(step)
+        self._verify_files(step, "meta")
         ocp = self._ocp
-        record = self.path(step) / "meta" / "metadata"
-        if not record.is_file():  # checked here: orbax's own failure is less clear
-            raise self._unreadable(step, FileNotFoundError(f"{record} is missing"))
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # orbax raises many types for damaged files
             raise self._unreadable(step, err) from err
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise self._unreadable(step, ValueError("missing or unknown checkpoint record"))
+        if not isinstance(meta, dict):
+            raise self._unreadable(step, ValueError("the record is not a JSON object"))
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"checkpoint {self.path(step)} has record format {meta.get('format')!r}, not "
+                f"{FORMAT}: it was written by another version of optjax. Start afresh in a new "
+                "--out-dir (or with --overwrite)")
         return meta
+
+    def check_run(self, run_id: str) -> None:
+        """Raise :class:`CheckpointError` if any checkpoint belongs to another run than
+        ``run_id`` (before anything is loaded, saved or pruned)."""
+        foreign = []
+        for step in self.all_steps():
+            theirs = self.read_meta(step).get("run_id")
+            if theirs != run_id:
+                foreign.append(f"{self.path(step)} (run {theirs})")
+        if foreign:
+            raise CheckpointError(
+                f"{self.directory} holds checkpoints of another run: {'; '.join(foreign)}; this "
+                f"run is {run_id} (see run.json). They were copied here from another run "
+                "directory. Nothing was loaded, pruned or rewritten: move them out of "
+                f"{self.directory} and run again, or resume the run they belong to in its own "
+                "--out-dir")
 
     def restore(self, template, step: int | None = None, *, sharding=None):
         """The state saved at ``step`` (default: the latest), with the pytree structure of
@@ -125,12 +228,11 @@ class Checkpoints:
                 raise CheckpointError(
                     f"no checkpoint in {self.directory}: train without --resume first, or point "
                     "--out-dir at the run to continue")
-        elif step not in self.all_steps():
-            raise CheckpointError(
-                f"no checkpoint for step {step} in {self.directory}; saved steps: "
-                f"{self.all_steps()}")
         meta = self.read_meta(step)
+        if self.run_id is not None and meta.get("run_id") != self.run_id:
+            self.check_run(self.run_id)
         self._check_compatible(meta, template, step)
+        self._verify_files(step, "state")
         leaves, treedef = jax.tree.flatten(template)
         target = {
             _key(i): jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=sharding)
@@ -147,10 +249,8 @@ class Checkpoints:
         for i, want in enumerate(meta["sha256"]):
             value = arrays.get(_key(i)) if isinstance(arrays, dict) else None
             if value is None or _digest(_host(value)) != want:
-                raise CheckpointError(
-                    f"checkpoint {self.path(step)} is corrupt: array {meta['paths'][i]} does not "
-                    "match the digest recorded when it was saved. Delete that folder to fall "
-                    "back to an earlier checkpoint, or start afresh in a new --out-dir")
+                raise self._corrupt(step, f"array {meta['paths'][i]} does not match the digest "
+                                    "recorded when it was saved")
             restored.append(value)
         return jax.tree.unflatten(treedef, restored), meta
 

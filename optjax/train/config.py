@@ -2,8 +2,16 @@
 
 Built from defaults, a JSON or TOML file, and command-line flags (in that order of precedence,
 last wins); unknown keys and values of the wrong type are refused with a message naming them.
-The model fields (:data:`MODEL_FIELDS`) define the parameter layout: a checkpoint can only be
-resumed or evaluated with the same values.
+
+Resuming (:func:`resume_changes`) sorts the options in three groups:
+
+* fixed (:data:`MODEL_FIELDS`, :data:`DATA_ORDER_FIELDS`): the model (parameter layout and what
+  the weights mean) and what a step number means (the batch of step ``s`` is drawn from
+  ``(seed, epoch)`` with ``num_train // batch_size`` steps per epoch); a checkpoint can only be
+  resumed or evaluated with the values it was written with;
+* output (:data:`OUTPUT_FIELDS`): where and how results are written, free to change;
+* everything else (optimisation, solver, augmentation): may change when resuming, after which
+  the run is no longer identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,15 +24,23 @@ import types
 import typing
 from typing import Any, Mapping
 
+from optjax import activations as _activations
+from optjax import solvers as _solvers
 from optjax.backward import BACKWARDS
 from optjax.config import Config, ConfigError, in_interval, positive_int, require
 from optjax.data import DATASETS as _DATASETS
 from optjax.nn.classifiers import FAMILIES as _FAMILIES
 
-__all__ = ["TrainConfig", "MODEL_FIELDS", "load_file"]
+__all__ = ["TrainConfig", "MODEL_FIELDS", "DATA_ORDER_FIELDS", "OUTPUT_FIELDS", "KINDS",
+           "SCHEDULES", "BACKWARD_CHOICES", "activation_choices", "fixed_on_resume",
+           "resumable_fields", "resume_changes", "load_file"]
 
-_SCHEDULES = ("cosine", "constant")
-_BACKWARDS = tuple(BACKWARDS) + ("auto",)
+KINDS = ("dense", "conv")
+SCHEDULES = ("cosine", "constant")
+BACKWARD_CHOICES = tuple(BACKWARDS) + ("auto",)
+# The families whose layer takes no activation option: monotone DEQ is written for relu, the
+# explicit reference uses relu.
+_FIXED_ACTIVATION = {"mondeq": "relu", "explicit": "relu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +61,12 @@ class TrainConfig(Config):
     ``warmup_epochs`` then ``schedule`` (cosine decay to 0, or constant); ``grad_clip`` (global
     norm; None: off); ``epochs`` x (``num_train // batch_size``) steps; ``seed`` fixes the
     initialisation and the data order (epoch e uses the permutation drawn from ``(seed, e)``).
+
+    Augmentation (training batches only, never at evaluation): ``augment_crop`` pads each image
+    with that many zero pixels on every side (zeros of the standardised image, i.e. the training
+    set's mean) and crops a random window of the original size; ``augment_flip`` mirrors each
+    image left-right with probability 1/2 (for natural images: it is wrong for digits and
+    letters). Both are drawn from ``(seed, step, position in the batch)``.
 
     Output: ``out_dir`` receives ``config.json``, ``metrics.jsonl``, ``checkpoints/``, the plots
     and ``eval.json``; a checkpoint every ``checkpoint_every`` steps (0: at each epoch end), the
@@ -80,6 +102,9 @@ class TrainConfig(Config):
     schedule: str = "cosine"
     grad_clip: float | None = 1.0
     seed: int = 0
+    # augmentation
+    augment_crop: int = 0
+    augment_flip: bool = False
     # output
     out_dir: str = "runs/digits"
     checkpoint_every: int = 0
@@ -96,14 +121,19 @@ class TrainConfig(Config):
                 f"{name}.dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         require(self.family in _FAMILIES,
                 f"{name}.family must be one of {', '.join(_FAMILIES)}, got {self.family!r}")
-        require(self.kind in ("dense", "conv"),
-                f"{name}.kind must be 'dense' or 'conv', got {self.kind!r}")
+        require(self.kind in KINDS,
+                f"{name}.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         require(not (self.family == "deep_opteq" and self.kind == "conv"),
                 "family 'deep_opteq' is dense only: use kind='dense'")
-        require(self.schedule in _SCHEDULES,
-                f"{name}.schedule must be one of {', '.join(_SCHEDULES)}, got {self.schedule!r}")
-        require(self.backward in _BACKWARDS,
-                f"{name}.backward must be one of {', '.join(_BACKWARDS)}, got {self.backward!r}")
+        require(self.schedule in SCHEDULES,
+                f"{name}.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        require(self.backward in BACKWARD_CHOICES,
+                f"{name}.backward must be one of {', '.join(BACKWARD_CHOICES)}, got "
+                f"{self.backward!r}")
+        require(self.solver is None or self.solver in _solvers.SOLVERS,
+                f"{name}.solver must be one of {', '.join(_solvers.SOLVERS)} (or None: the "
+                f"layer's default), got {self.solver!r}")
+        _check_activation(self.family, self.activation)
         for field in ("width", "max_steps", "backward_steps", "epochs", "batch_size",
                       "keep_checkpoints", "eval_batch_size"):
             positive_int(name, field, getattr(self, field))
@@ -111,6 +141,7 @@ class TrainConfig(Config):
             if getattr(self, field) is not None:
                 positive_int(name, field, getattr(self, field))
         positive_int(name, "checkpoint_every", self.checkpoint_every, minimum=0)
+        positive_int(name, "augment_crop", self.augment_crop, minimum=0)
         positive_int(name, "seed", self.seed, minimum=0)
         in_interval(name, "rho", self.rho, 0.0, 1.0)
         in_interval(name, "tol", self.tol, 0.0, 1.0)
@@ -129,7 +160,7 @@ class TrainConfig(Config):
         return dataclasses.asdict(self)
 
     def model_fields(self) -> dict[str, Any]:
-        """The options that fix the parameter layout (compared when resuming)."""
+        """The options that fix the model (compared with a checkpoint's before restoring it)."""
         return {k: getattr(self, k) for k in MODEL_FIELDS}
 
     @property
@@ -137,7 +168,98 @@ class TrainConfig(Config):
         return pathlib.Path(self.out_dir)
 
 
+#: The model: its parameter layout and what its weights mean.
 MODEL_FIELDS = ("dataset", "family", "kind", "width", "activation")
+#: What a step number means: the batch of step s comes from (seed, epoch) and the position in
+#: an epoch of num_train // batch_size steps.
+DATA_ORDER_FIELDS = ("train_subset", "batch_size", "seed")
+#: Where and how results are written; changing them changes nothing that is computed.
+OUTPUT_FIELDS = ("data_dir", "out_dir", "stop_after", "checkpoint_every", "keep_checkpoints",
+                 "eval_batch_size", "progress", "plots")
+
+_FIXED_REASONS = {
+    "dataset": "the input shape, the classes and the data",
+    "family": "the parameter layout", "kind": "the parameter layout",
+    "width": "the parameter layout",
+    "activation": "the function the trained weights compute",
+    "train_subset": "which samples an epoch holds, so what a step number means",
+    "batch_size": "the number of steps per epoch, so what a step number means",
+    "seed": "the data order of every epoch (and the augmentation)",
+}
+
+
+def fixed_on_resume() -> dict[str, str]:
+    """The options a resumed run must keep, each with what it fixes."""
+    return {k: f"it fixes {_FIXED_REASONS[k]}" for k in (*MODEL_FIELDS, *DATA_ORDER_FIELDS)}
+
+
+def resumable_fields() -> tuple[str, ...]:
+    """The options that may change when resuming (output and computation options)."""
+    fixed = fixed_on_resume()
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in fixed)
+
+
+def resume_changes(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """The computation options of ``config`` that differ from a checkpoint's configuration
+    ``saved``, as ``"name old -> new"``; output options may differ silently.
+
+    Raises :class:`ConfigError` naming every fixed option (:func:`fixed_on_resume`) that
+    differs, with what it fixes."""
+    now = config.to_dict()
+    fixed = fixed_on_resume()
+    refused = [f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r}: {fixed[k]})" for k in fixed
+               if saved.get(k) != now[k]]
+    if refused:
+        raise ConfigError(
+            "--resume continues the run in its checkpoint, but these options differ and cannot "
+            "change: " + "; ".join(refused) + ". Drop them (the run's own values are used), or "
+            "start a new run in another --out-dir. Options that may change when resuming: "
+            + ", ".join(_flag(k) for k in resumable_fields()))
+    return [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now
+            if k not in fixed and k not in OUTPUT_FIELDS and saved.get(k, now[k]) != now[k]]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def activation_choices(family: str) -> str:
+    """The activations ``family`` accepts, in words."""
+    if family in _FIXED_ACTIVATION:
+        return f"{_FIXED_ACTIVATION[family]} only"
+    names = ", ".join(_activations.available())
+    if family == "deq":
+        return f"{names}, or any jax.nn function name (e.g. gelu, silu)"
+    return names
+
+
+def _check_activation(family: str, name: str) -> None:
+    where = f"TrainConfig.activation {name!r}"
+    if family in _FIXED_ACTIVATION:
+        require(name == _FIXED_ACTIVATION[family],
+                f"{where}: family {family!r} has a fixed activation ({_FIXED_ACTIVATION[family]}); "
+                "drop --activation, or choose the family opteq, deep_opteq or deq")
+        return
+    if name in _activations.available():
+        return
+    if family == "deq":
+        import jax
+
+        require(callable(getattr(jax.nn, name, None)),
+                f"{where} is unknown for family 'deq'; available: {activation_choices(family)}")
+        return
+    try:
+        _activations.get(name)
+    except _activations.NotAProxError:
+        raise ConfigError(
+            f"{where}: {name} is not a proximal operator (nondecreasing and 1-Lipschitz), which "
+            f"family {family!r} needs for its equilibrium to minimise a convex objective; "
+            f"available for {family}: {activation_choices(family)} (or use --family deq, which "
+            "takes any jax.nn activation)") from None
+    except ValueError:
+        pass
+    raise ConfigError(f"{where} is unknown; available for family {family!r}: "
+                      f"{activation_choices(family)}")
 
 
 def _allowed(annotation: str) -> tuple[type, ...]:
@@ -166,8 +288,11 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     """The options in a JSON (``.json``) or TOML (``.toml``) file, as a mapping (not validated:
     :meth:`TrainConfig.from_dict` does that)."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a .json or .toml file of "
+                          "options")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist; check the path given to --config")
     text = path.read_text()
     try:
         if path.suffix == ".toml":

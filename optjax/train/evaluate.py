@@ -1,5 +1,6 @@
-"""Evaluation over a whole split: accuracy, loss, and for OptEq models the certificate
-statistics (largest suboptimality bound, share of samples converged)."""
+"""Evaluation over a whole split: accuracy, loss, the forward solves' statistics (steps,
+residual, share converged; NaN for a model without an equilibrium layer) and for OptEq models the
+certificate statistics (largest and median suboptimality bound)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class EvalReport:
       bound_max, bound_median: largest and median certified bound on ``F(z) - F*`` (NaN for
         families without a certificate).
       certified: share of samples with a finite certificate.
+      step, epoch: the training step of the evaluated state and the epoch it belongs to
+        (counted from 0, as in the metrics); None when unknown.
+
+    The forward statistics are NaN for a model without an equilibrium layer (``explicit``).
     """
 
     accuracy: float
@@ -43,6 +48,13 @@ class EvalReport:
     bound_median: float
     certified: float
     per_sample: dict[str, np.ndarray] = dataclasses.field(repr=False, compare=False)
+    step: int | None = None
+    epoch: int | None = None
+
+    @property
+    def has_equilibrium(self) -> bool:
+        """Whether the model solved anything (an explicit model has no forward statistics)."""
+        return not math.isnan(self.steps_mean)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -50,10 +62,19 @@ class EvalReport:
         return out
 
     def lines(self) -> list[str]:
-        out = [f"accuracy {100 * self.accuracy:.2f}% ({self.num_samples} samples), loss "
-               f"{self.loss:.4f}",
-               f"forward steps mean {self.steps_mean:.1f}, max {self.steps_max:.0f}; largest "
-               f"residual {self.residual_max:.2e}; converged {100 * self.converged:.1f}%"]
+        out = []
+        if self.step is not None:
+            out.append(f"checkpoint of step {self.step}"
+                       + (f" (epoch {self.epoch + 1})" if self.epoch is not None else ""))
+        out.append(f"accuracy {100 * self.accuracy:.2f}% ({self.num_samples} samples), loss "
+                   f"{self.loss:.4f}")
+        if not self.has_equilibrium:
+            out.append("forward: no equilibrium layer (explicit model): no solver statistics "
+                       "and no certificate")
+            return out
+        out.append(f"forward steps mean {self.steps_mean:.1f}, max {self.steps_max:.0f}; "
+                   f"largest residual {self.residual_max:.2e}; converged "
+                   f"{100 * self.converged:.1f}%")
         if self.certified > 0:
             out.append(f"certificate F(z) - F* <= r^2/(2 mu): largest {self.bound_max:.2e}, "
                        f"median {self.bound_median:.2e} ({100 * self.certified:.1f}% certified)")
@@ -74,6 +95,9 @@ def evaluate_split(eval_step, state, x: np.ndarray, y: np.ndarray, batch_size: i
     devices = mesh.devices.size
     batch = -(-batch_size // devices) * devices  # round up to a multiple of the devices
     n = len(y)
+    if n == 0 or batch_size < 1:
+        raise ValueError(f"nothing to evaluate: {n} samples in batches of {batch_size}; pass at "
+                         "least one sample and a batch size >= 1")
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch):
         idx = np.arange(start, start + batch)
@@ -90,8 +114,12 @@ def evaluate_split(eval_step, state, x: np.ndarray, y: np.ndarray, batch_size: i
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def summarize(per_sample: dict[str, np.ndarray]) -> EvalReport:
+def summarize(per_sample: dict[str, np.ndarray], *, step: int | None = None,
+              epoch: int | None = None) -> EvalReport:
+    """The :class:`EvalReport` of the per-sample outputs of :func:`evaluate_split`."""
     bounds = per_sample["suboptimality_bound"]
+    if bounds.size == 0:
+        raise ValueError("nothing to summarise: the evaluation covered 0 samples")
     finite = bounds[np.isfinite(bounds)]
     return EvalReport(
         accuracy=float(per_sample["correct"].mean()),
@@ -105,20 +133,26 @@ def summarize(per_sample: dict[str, np.ndarray]) -> EvalReport:
         bound_median=float(np.median(finite)) if finite.size else math.nan,
         certified=float(finite.size / bounds.size),
         per_sample=per_sample,
+        step=step,
+        epoch=epoch,
     )
 
 
 def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str = "test",
              data_dir: str | None = None, batch_size: int | None = None) -> EvalReport:
     """Evaluate the checkpoint of a run in ``out_dir`` (the latest, or ``step``) on ``split``
-    (``"test"`` or ``"train"``), with the configuration the run was trained with."""
+    (``"test"`` or ``"train"``), with the configuration the run was trained with. The report
+    says which step (and epoch) it evaluated."""
     from optjax.config import ConfigError
     from optjax.train.checkpoint import CheckpointError, Checkpoints
     from optjax.train.config import TrainConfig
+    from optjax.train.identity import read_run_id
     from optjax.train.loop import prepare
 
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"the evaluation batch size must be >= 1, got {batch_size}")
     out = pathlib.Path(out_dir)
     ckpt_dir = out / "checkpoints"
     if not ckpt_dir.is_dir():
@@ -129,9 +163,12 @@ def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str
     chosen = step if step is not None else probe.latest_step()
     if chosen is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}: train there first")
-    saved = probe.read_meta(chosen).get("config")
+    meta = probe.read_meta(chosen)  # says so if that step does not exist
+    run_id = read_run_id(out)
+    if run_id is not None and meta.get("run_id") != run_id:
+        probe.check_run(run_id)
     try:
-        config = TrainConfig.from_dict(saved)
+        config = TrainConfig.from_dict(meta.get("config"))
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint {probe.path(chosen)} has an unusable configuration "
                               f"record ({err})") from None
@@ -142,8 +179,9 @@ def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str
         changes["eval_batch_size"] = batch_size
     config = config.replace(**changes)
     run = prepare(config)
-    state, _ = Checkpoints(ckpt_dir, config).restore(run.state, chosen,
-                                                     sharding=sharding.replicated(run.mesh))
+    state, meta = Checkpoints(ckpt_dir, config, run_id=meta.get("run_id")).restore(
+        run.state, chosen, sharding=sharding.replicated(run.mesh))
     x, y = (run.data.x_test, run.data.y_test) if split == "test" else \
         (run.data.x_train, run.data.y_train)
-    return summarize(evaluate_split(run.eval_step, state, x, y, config.eval_batch_size, run.mesh))
+    return summarize(evaluate_split(run.eval_step, state, x, y, config.eval_batch_size, run.mesh),
+                     step=int(meta["step"]), epoch=int(meta["epoch"]))

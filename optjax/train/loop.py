@@ -1,15 +1,25 @@
 """The training run: data, model, jit-compiled data-parallel steps, metrics, checkpoints, plots.
 
 Exact resumption: the data order of epoch ``e`` is the permutation drawn from ``(seed, e)``,
-the initialisation depends only on ``seed``, and the checkpoint holds the whole
-:class:`TrainState` (step, parameters, optimiser state, power-iteration vectors). So training
-``N`` steps equals training ``k``, stopping (``stop_after`` or Ctrl-C), and resuming to ``N``,
-parameter for parameter.
+the augmentation of step ``s`` is drawn from ``(seed, s)``, the initialisation depends only on
+``seed``, and the checkpoint holds the whole :class:`TrainState` (step, parameters, optimiser
+state, power-iteration vectors). So training ``N`` steps equals training ``k``, stopping
+(``stop_after`` or Ctrl-C), and resuming to ``N``, parameter for parameter, unless the resumed
+run changes a computation option (:func:`optjax.train.config.resume_changes`: allowed, reported
+and logged, and from then on the run differs from an uninterrupted one).
+
+Every run has an identity (:mod:`optjax.train.identity`): checkpoints and metrics of another run
+found in ``out_dir`` are refused before anything is loaded, pruned or rewritten.
+
+With several processes (``jax.distributed``), each feeds its rows of every global batch; the
+first process alone writes the metrics, ``config.json``, ``run.json``, plots and reports, and
+orbax writes each checkpoint once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import shutil
@@ -18,38 +28,40 @@ from typing import Any
 
 import jax
 import numpy as np
+from rich.console import Console
 
 from optjax import data as _data
 from optjax.config import ConfigError
 from optjax.nn.baselines import param_count
 from optjax.train import sharding
-from optjax.train.checkpoint import Checkpoints
-from optjax.train.config import TrainConfig
+from optjax.train.augment import Augmentation
+from optjax.train.checkpoint import CheckpointError, Checkpoints
+from optjax.train.config import (OUTPUT_FIELDS, TrainConfig, fixed_on_resume, resume_changes,
+                                 resumable_fields)
 from optjax.train.evaluate import EvalReport, evaluate_split, summarize
-from optjax.train.metrics import MetricsLog, read_metrics
+from optjax.train.identity import is_main_process, new_run_id, read_run_id, write_run_id
+from optjax.train.metrics import MetricsLog, check_run, read_metrics
 from optjax.train.model import build_model
 from optjax.train.report import Reporter, summary_table
 from optjax.train.step import (TrainState, init_state, make_eval_step, make_optimizer,
                                make_train_step, split_model)
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "RESUMABLE_FIELDS"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "epoch_order"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the state before that step was checkpointed."""
 
 
-# Options that may differ when resuming: they do not change what is computed.
-RESUMABLE_FIELDS = ("data_dir", "out_dir", "stop_after", "checkpoint_every", "keep_checkpoints",
-                    "eval_batch_size", "progress", "plots")
 _STEP_METRICS = ("loss", "accuracy", "steps", "steps_max", "residual", "converged")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What a run leaves: final ``state``, its ``records`` (metrics), the test ``report`` (None
-    when the run stopped early), ``paths`` of what it wrote, and how it ended
-    (``"finished"``, ``"stopped"`` at ``stop_after``, or ``"interrupted"``)."""
+    when the run stopped early), ``paths`` of what it wrote, how it ended (``"finished"``,
+    ``"stopped"`` at ``stop_after``, or ``"interrupted"``), its ``run_id`` and the computation
+    options it ``changed`` when resuming (``"name old -> new"``)."""
 
     config: TrainConfig
     state: TrainState
@@ -58,6 +70,8 @@ class TrainResult:
     paths: dict[str, Any]
     ending: str
     run: "Run" = dataclasses.field(repr=False)
+    run_id: str = ""
+    changed: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +98,29 @@ class Run:
 
 def prepare(config: TrainConfig) -> Run:
     """Load the data, build the model and optimiser, compile nothing yet."""
+    mesh = sharding.data_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
     data = _data.load(config.dataset, config.data_dir)
     if config.train_subset or config.test_subset:
         data = data.subset(config.train_subset, config.test_subset)
     data = data.standardized()
-    mesh = sharding.data_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
     steps_per_epoch = data.num_train // config.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {data.num_train} "
-                          "training samples; lower it")
+                          f"training samples of {config.dataset}; lower --batch-size (or raise "
+                          "--train-subset)")
+    height, width, _ = data.input_shape
+    if config.augment_crop >= min(height, width):
+        raise ConfigError(f"augment_crop {config.augment_crop} must be smaller than the "
+                          f"{height} x {width} images of {config.dataset}; use a few pixels")
     model = build_model(config, data.input_shape, data.num_classes)
     num_params = param_count(model)
     parts, params, rest = split_model(model)
     tx, schedule = make_optimizer(config, steps_per_epoch)
     state = sharding.replicate(mesh, init_state(params, rest, tx))
+    augment = Augmentation(config.seed, config.augment_crop, config.augment_flip)
     return Run(config, data, parts, state, tx, schedule, mesh, steps_per_epoch, num_params,
-               make_train_step(parts, tx, schedule, mesh), make_eval_step(parts, mesh))
+               make_train_step(parts, tx, schedule, mesh, augment), make_eval_step(parts, mesh))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -108,55 +128,110 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _check_resume(config: TrainConfig, meta: dict[str, Any]) -> None:
-    saved = meta.get("config", {})
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in config.to_dict().items()
-            if k not in RESUMABLE_FIELDS and saved.get(k) != v]
-    if diff:
-        raise ConfigError(
-            "--resume continues a run exactly, but these options differ from its checkpoint: "
-            + "; ".join(diff) + ". Drop them (the run's own values are used), or start a new run "
-            "in another --out-dir")
+def _resume_hint() -> str:
+    """What ``--resume`` accepts, in words (for the messages that suggest resuming)."""
+    flags = lambda names: " ".join("--" + k.replace("_", "-") for k in names)  # noqa: E731
+    computation = [k for k in resumable_fields() if k not in OUTPUT_FIELDS]
+    return (f"--resume accepts new values of {flags(computation)} (and of the output options "
+            f"{flags(OUTPUT_FIELDS)}), not of {flags(fixed_on_resume())}")
+
+
+def _resumed_identity(out, checkpoints: Checkpoints) -> str:
+    """The id of the run to resume: the one in run.json, else its latest checkpoint's;
+    checkpoints and metrics of another run are refused."""
+    latest = checkpoints.latest_step()
+    if latest is None:
+        raise CheckpointError(
+            f"no checkpoint in {checkpoints.directory}: train without --resume first, or point "
+            "--out-dir at the run to continue")
+    run_id = read_run_id(out)
+    if run_id is None:  # a run directory moved without its run.json: adopt its checkpoints'
+        run_id = checkpoints.read_meta(latest).get("run_id")
+    checkpoints.check_run(run_id)
+    check_run(out / "metrics.jsonl", run_id)
+    return run_id
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           reporter: Reporter | None = None) -> TrainResult:
     """Train as ``config`` says; see the module docstring for resumption.
 
-    ``resume`` continues from the latest checkpoint in ``config.out_dir``; without it an
+    ``resume`` continues from the latest checkpoint in ``config.out_dir`` (``config`` may change
+    the options that :func:`~optjax.train.config.resume_changes` allows); without it an
     ``out_dir`` that already holds checkpoints is refused unless ``overwrite`` (which deletes
     them and the metrics)."""
     out = config.out_path
     ckpt_dir = out / "checkpoints"
     if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+        raise ConfigError("--resume and --overwrite contradict each other (--resume continues "
+                          "the run in --out-dir, --overwrite deletes it); choose one")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out-dir {out} is a file; pass a directory (it is created if "
+                          "missing)")
+    if resume and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+        raise CheckpointError(
+            f"no checkpoint in {ckpt_dir}: train without --resume first, or point --out-dir at "
+            "the run to continue")
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         if not overwrite:
             raise ConfigError(
                 f"{out} already holds checkpoints of a run: pass --resume to continue it, "
                 "--overwrite to start again there, or another --out-dir")
-        shutil.rmtree(ckpt_dir)
+        if is_main_process():
+            shutil.rmtree(ckpt_dir)
+        _barrier("optjax overwrite")
+    main = is_main_process()
+    changed: list[str] = []
+    if resume:  # everything about the checkpoints is checked before data and model are loaded
+        checkpoints = Checkpoints(ckpt_dir, config, keep=config.keep_checkpoints)
+        run_id = checkpoints.run_id = _resumed_identity(out, checkpoints)
+        saved = checkpoints.read_meta(checkpoints.latest_step()).get("config", {})
+        changed = resume_changes(saved, config)
+    else:
+        run_id = new_run_id()
     run = prepare(config)
-    reporter = reporter or Reporter(progress=config.progress)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(ckpt_dir, config, keep=config.keep_checkpoints)
+    if not resume:
+        checkpoints = Checkpoints(ckpt_dir, config, keep=config.keep_checkpoints, run_id=run_id)
+    if reporter is None:
+        # Processes other than the first print nothing.
+        reporter = Reporter(progress=config.progress) if main else \
+            Reporter(progress=False, console=Console(file=io.StringIO()))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    write_run_id(out, run_id)
     state = run.state
     if resume:
-        state, meta = checkpoints.restore(state, sharding=sharding.replicated(run.mesh))
-        _check_resume(config, meta)
+        state, _ = checkpoints.restore(state, sharding=sharding.replicated(run.mesh))
     start = int(sharding.host_value(state.step))
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-    log = MetricsLog(out / "metrics.jsonl", keep_until_step=start, fresh=not resume)
     spe, bs = run.steps_per_epoch, config.batch_size
     total = config.epochs * spe
+    if start > total:
+        raise ConfigError(f"the run already took {start} steps, more than --epochs "
+                          f"{config.epochs} x {spe} steps; raise --epochs to continue it")
+    if main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    log = MetricsLog(out / "metrics.jsonl", keep_until_step=start, fresh=not resume,
+                     run_id=run_id, enabled=main)
+    if changed:
+        log.write("resume", step=start, changed=changed)
     end = min(total, config.stop_after) if config.stop_after else total
     data = run.data
     reporter.print(
         f"optjax train: {config.family} {config.kind} (width {config.width}, {run.num_params:,} "
         f"parameters) on {config.dataset} ({data.num_train} train / {data.num_test} test, "
-        f"{data.input_shape}); {jax.device_count()} {jax.devices()[0].platform} device(s); "
-        f"{config.epochs} epochs x {spe} steps of {bs}"
+        f"{data.input_shape}); {jax.device_count()} {jax.devices()[0].platform} device(s)"
+        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        + f"; {config.epochs} epochs x {spe} steps of {bs}"
         + (f"; resuming at step {start}" if resume else ""))
+    if changed:
+        reporter.print(f"changed since the checkpoint: {'; '.join(changed)}. From step {start} "
+                       "on, the run is no longer identical to an uninterrupted one")
 
     # Per-epoch accumulators, refilled from the log when resuming mid-epoch.
     sums: dict[str, float] = {}
@@ -185,13 +260,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 log.write("step", step=s + 1, epoch=epoch, **metrics)
                 if not math.isfinite(metrics["loss"]):
                     saved = checkpoints.save(before, epoch=epoch)
-                    raise TrainingDiverged(
-                        f"the loss became {metrics['loss']} at step {s + 1} (forward solves in "
-                        f"that batch: {100 * metrics['converged']:.1f}% converged, largest "
-                        f"residual {metrics['residual']:.3g}, mean steps {metrics['steps']:.1f}). "
-                        f"The state before that step is saved in {saved}. Lower the learning "
-                        "rate or --grad-clip, raise --max-steps, or change the solver (for "
-                        "Anderson, a larger --anderson-ridge); then --resume or start afresh")
+                    raise TrainingDiverged(_divergence(metrics, s + 1, saved, out))
                 reporter.step(metrics)
                 count += 1
                 for k in _STEP_METRICS:
@@ -220,7 +289,22 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                        f"\ncontinue with: optjax train --resume --out-dir {out}")
     else:
         report, paths = _finish(run, state, log, reporter, paths)
-    return TrainResult(config, state, read_metrics(log.path), report, paths, ending, run)
+    records = read_metrics(log.path) if log.path.exists() else []
+    return TrainResult(config, state, records, report, paths, ending, run, run_id, tuple(changed))
+
+
+def _divergence(metrics: dict[str, float], step: int, saved, out) -> str:
+    if math.isnan(metrics["steps"]):
+        solves = "the model has no equilibrium layer"
+    else:
+        solves = (f"forward solves in that batch: {100 * metrics['converged']:.1f}% converged, "
+                  f"largest residual {metrics['residual']:.3g}, mean steps "
+                  f"{metrics['steps']:.1f}")
+    return (f"the loss became {metrics['loss']} at step {step} ({solves}). The state before "
+            f"that step is saved in {saved}. Lower --learning-rate or --grad-clip, raise "
+            "--max-steps, or change --solver (for Anderson, a larger --anderson-ridge), then "
+            f"continue with: optjax train --resume --out-dir {out} --learning-rate ... "
+            f"({_resume_hint()}); or start afresh with --overwrite")
 
 
 def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
@@ -236,7 +320,8 @@ def _end_epoch(run: Run, state, epoch: int, step: int, sums, count: int, seconds
     for k in _STEP_METRICS:
         record[k] = sums[k] if k in ("steps_max", "residual") else sums[k] / count
     test = summarize(evaluate_split(run.eval_step, state, run.data.x_test, run.data.y_test,
-                                    run.config.eval_batch_size, run.mesh))
+                                    run.config.eval_batch_size, run.mesh), step=step,
+                     epoch=epoch)
     record.update(test_loss=test.loss, test_accuracy=test.accuracy, test_steps=test.steps_mean,
                   test_converged=test.converged)
     return record
@@ -245,15 +330,19 @@ def _end_epoch(run: Run, state, epoch: int, step: int, sums, count: int, seconds
 def _finish(run: Run, state, log: MetricsLog, reporter: Reporter, paths):
     config = run.config
     out = config.out_path
+    step = int(sharding.host_value(state.step))
     report = summarize(evaluate_split(run.eval_step, state, run.data.x_test, run.data.y_test,
-                                      config.eval_batch_size, run.mesh))
-    log.write("eval", step=int(sharding.host_value(state.step)), split="test", **report.to_dict())
-    paths["eval"] = report.save(out / "eval.json")
-    records = read_metrics(log.path)
+                                      config.eval_batch_size, run.mesh),
+                       step=step, epoch=(step - 1) // run.steps_per_epoch)
+    log.write("eval", split="test", **report.to_dict())
+    main = is_main_process()
+    if main:
+        paths["eval"] = report.save(out / "eval.json")
+    records = read_metrics(log.path) if main else []
     reporter.print(summary_table([r for r in records if r["event"] == "epoch"]))
     for line in report.lines():
         reporter.print("test: " + line)
-    if config.plots:
+    if config.plots and main:
         from optjax.train.plots import save_plots
         paths["plots"] = save_plots(records, report.per_sample["suboptimality_bound"], out)
     reporter.print(f"metrics: {paths['metrics']}")

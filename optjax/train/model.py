@@ -10,7 +10,6 @@ from flax import nnx
 
 from optjax import backward as _backward
 from optjax import solvers as _solvers
-from optjax.info import SolveInfo
 from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train.config import TrainConfig
 
@@ -56,16 +55,15 @@ STAT_NAMES = ("steps", "residual", "converged", "suboptimality_bound")
 
 def solve_stats(info, batch: int) -> dict[str, jnp.ndarray]:
     """Per-sample ``steps``, ``residual``, ``converged`` (0/1) and ``suboptimality_bound``
-    (``F(z) - F* <= r^2 / 2 mu``: OptEq layers only, NaN for the other families) of the last
-    solve; zeros and NaN for an explicit model (``info`` None)."""
-    nan = jnp.full((batch,), jnp.nan, jnp.float32)
+    (``F(z) - F* <= r^2 / 2 mu``: infinite where nothing is certified, e.g. DEQ) from the
+    :class:`optjax.SolveInfo` of a call, for every family (``logits, info = model(x,
+    return_info=True)``); NaN for an explicit model (``info`` None), which solves nothing."""
     if info is None:
-        zero = jnp.zeros((batch,), jnp.float32)
-        return dict(steps=zero, residual=zero, converged=zero + 1, suboptimality_bound=nan)
-    bound = info.certificate.suboptimality_bound if isinstance(info, SolveInfo) else nan
+        nan = jnp.full((batch,), jnp.nan, jnp.float32)
+        return dict(steps=nan, residual=nan, converged=nan, suboptimality_bound=nan)
     return dict(
         steps=jnp.asarray(info.steps, jnp.float32),
         residual=jnp.asarray(info.residual, jnp.float32),
         converged=jnp.asarray(info.converged, jnp.float32),
-        suboptimality_bound=jnp.asarray(bound, jnp.float32),
+        suboptimality_bound=jnp.asarray(info.certificate.suboptimality_bound, jnp.float32),
     )

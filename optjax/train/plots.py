@@ -29,7 +29,9 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
                out_dir: str | pathlib.Path) -> list[pathlib.Path]:
     """Write the plots of :data:`PLOTS` into ``out_dir`` from metrics records (``"step"`` and
     ``"epoch"`` events) and the per-sample suboptimality bounds of the test set (``bounds``;
-    the certificate plot is skipped when None or not finite anywhere). Returns the paths."""
+    the certificate plot is skipped when None or not finite anywhere, the forward-steps plot
+    when the records have no solver statistics: a model without an equilibrium layer).
+    Returns the paths."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     out = pathlib.Path(out_dir)
@@ -68,12 +70,15 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
     ax.plot(e, [100 * r.get("test_accuracy", np.nan) for r in epochs], "s-", label="test")
     finish(fig, ax, "accuracy.png", "epoch", "accuracy (%)", "accuracy")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(e, [r.get("steps", np.nan) for r in epochs], "o-", label="mean (train)")
-    ax.plot(e, [r.get("steps_max", np.nan) for r in epochs], "^--", label="max (train)")
-    ax.plot(e, [r.get("test_steps", np.nan) for r in epochs], "s-", label="mean (test)")
-    finish(fig, ax, "forward_steps.png", "epoch", "forward solver steps per sample",
-           "forward steps per epoch")
+    forward = {key: np.array([r.get(key, np.nan) for r in epochs], float)
+               for key in ("steps", "steps_max", "test_steps")}
+    if any(np.isfinite(v).any() for v in forward.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(e, forward["steps"], "o-", label="mean (train)")
+        ax.plot(e, forward["steps_max"], "^--", label="max (train)")
+        ax.plot(e, forward["test_steps"], "s-", label="mean (test)")
+        finish(fig, ax, "forward_steps.png", "epoch", "forward solver steps per sample",
+               "forward steps per epoch")
 
     finite = None if bounds is None else np.asarray(bounds, float)
     if finite is not None:

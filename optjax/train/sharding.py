@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from optjax.config import ConfigError
+
 __all__ = ["data_mesh", "replicated", "batch_sharding", "process_rows", "global_batch",
            "replicate", "host_value"]
 
@@ -35,7 +37,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     devices = mesh.devices.size
     if batch_size % devices:
-        raise ValueError(
+        raise ConfigError(
             f"{what} {batch_size} is not divisible by the {devices} devices of the data-parallel "
             f"mesh; choose a multiple of {devices}")
 

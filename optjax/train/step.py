@@ -1,10 +1,12 @@
 """The jit-compiled training and evaluation steps, as pure functions of a :class:`TrainState`.
 
 The model is split once into a static graph and three states: parameters (trained), the
-solver-info variables (outputs only, always passed empty) and the rest (the power-iteration
-vectors, updated by training calls). Each step merges them, runs the model, and splits again,
-so nothing is mutated across jit boundaries and a :class:`TrainState` is a plain pytree that
-can be sharded, checkpointed and restored exactly.
+layers' solve summaries (:class:`optjax.nn.SolveStat`: outputs only, passed in unchanged and
+kept out of the state, since the steps read per-sample statistics from
+``model(x, return_info=True)``) and the rest (the power-iteration vectors, updated by training
+calls). Each step merges them, runs the model, and splits again, so nothing is mutated across
+jit boundaries and a :class:`TrainState` is a plain pytree that can be sharded, checkpointed
+and restored exactly.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from optjax.nn._info import SolverInfo
+from optjax.nn._info import SolveStat
 from optjax.train import sharding
+from optjax.train.augment import Augmentation
 from optjax.train.config import TrainConfig
 from optjax.train.model import solve_stats
 
@@ -41,37 +44,37 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class ModelParts:
     """The static halves of a split model: graphs for training and evaluation mode, and the
-    (empty) solver-info state."""
+    solve-summary state (fixed-size scalars, the same for every batch)."""
 
     graph: nnx.GraphDef
     eval_graph: nnx.GraphDef
-    info: nnx.State
+    stats: nnx.State
 
     def merge(self, params, rest, *, training: bool):
         graph = self.graph if training else self.eval_graph
-        return nnx.merge(graph, params, self.info, rest, copy=True)
+        return nnx.merge(graph, params, self.stats, rest, copy=True)
 
 
 def _split(model):
-    return nnx.split(model, nnx.Param, SolverInfo, ...)
+    return nnx.split(model, nnx.Param, SolveStat, ...)
 
 
 def split_model(model: nnx.Module) -> tuple[ModelParts, nnx.State, nnx.State]:
-    """``(parts, params, rest)`` of a model that has not been called yet."""
+    """``(parts, params, rest)`` of a model (called or not: its state has a fixed structure)."""
     model.train()
-    graph, params, info, rest = _split(model)
-    if jax.tree.leaves(info):
-        raise ValueError("split_model needs a model that has not been called yet (its solver "
-                         "info is set); build a fresh one")
+    graph, params, stats, rest = _split(model)
     model.eval()
     eval_graph = _split(model)[0]
     model.train()
-    return ModelParts(graph, eval_graph, info), params, rest
+    return ModelParts(graph, eval_graph, stats), params, rest
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     """``(tx, schedule)``: AdamW with linear warm-up then cosine decay (or constant) of the
-    learning rate, after an optional global-norm clip of the gradient."""
+    learning rate, after an optional global-norm clip of the gradient.
+
+    The optimiser state has the same structure for every value of the options (no clip is an
+    identity in the clip's place), so a run may resume with other optimisation settings."""
     total = config.epochs * steps_per_epoch
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     peak = config.learning_rate
@@ -82,9 +85,9 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
             [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
             [warmup]) if warmup else optax.constant_schedule(peak)
     adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) \
-        if config.grad_clip is not None else adamw
-    return tx, schedule
+    clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip is not None \
+        else optax.identity()
+    return optax.chain(clip, adamw), schedule
 
 
 def init_state(params, rest, tx) -> TrainState:
@@ -94,23 +97,28 @@ def init_state(params, rest, tx) -> TrainState:
 
 def _forward(parts: ModelParts, params, rest, x, y, training: bool):
     model = parts.merge(params, rest, training=training)
-    logits = model(x)
+    logits, info = model(x, return_info=True)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-    stats = solve_stats(model.info, x.shape[0])
+    stats = solve_stats(info, x.shape[0])
     new_rest = _split(model)[3]
     return losses, logits, stats, new_rest
 
 
-def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh) -> Callable:
+def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
+                    augment: Augmentation | None = None) -> Callable:
     """``step(state, x, y) -> (state, metrics)``, jit-compiled with the batch sharded over
-    ``mesh`` and the state replicated. Metrics (scalars): loss, accuracy, learning_rate,
-    grad_norm, forward steps mean and max, residual max, converged share."""
+    ``mesh`` and the state replicated; ``augment`` (if given) transforms ``x`` first, drawn from
+    ``state.step``. Metrics (scalars): loss, accuracy, learning_rate, grad_norm, forward steps
+    mean and max, residual max, converged share (NaN for a model without an equilibrium
+    layer)."""
 
     def loss_fn(params, rest, x, y):
         losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True)
         return losses.mean(), (logits, stats, new_rest)
 
     def step(state: TrainState, x, y):
+        if augment is not None and augment.active:
+            x = augment(x, state.step)
         (loss, (logits, stats, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.rest, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

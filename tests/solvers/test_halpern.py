@@ -5,6 +5,7 @@ and c orthogonal to Q's first two columns. Then T(z) = W^T W z + W^T c and
 Fix T = z_p + span(V_1, V_2), an affine plane; the limit must be the projection of the anchor.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,3 +63,24 @@ def test_halpern_default_anchor_is_zero_minimum_norm_equilibrium():
                                  max_steps=400000, backward="phantom")
     min_norm = z_p - z_p @ basis @ basis.T
     np.testing.assert_allclose(np.asarray(z[0]), min_norm, atol=2e-3)
+
+
+# --- the solver ---------------------------------------------------------------------------------
+
+
+def test_solver_iterates_are_the_anchored_iteration():
+    """z_{k+1} = u / (k + 2) + (1 - 1 / (k + 2)) S(z_k), written out in the test."""
+    w, c, _, _ = _plane_problem()
+    act = optjax.activations.get("leaky_relu", slope=1.0)
+    fn = lambda z, ci: jnp.asarray(w).T @ act(jnp.asarray(w) @ z + ci)  # noqa: E731
+    anchors = np.random.default_rng(2).normal(size=(2, 6))
+    cs = jnp.asarray(np.tile(c, (2, 1)))
+    steps = 30
+    out = jax.jit(lambda a: optjax.solvers.Halpern().solve_batch(
+        fn, a, cs, tol=1e-300, max_steps=steps, anchor=a))(jnp.asarray(anchors))
+    for i in range(2):
+        z = anchors[i]
+        for k in range(steps):
+            beta = 1.0 / (k + 2)
+            z = beta * anchors[i] + (1 - beta) * np.asarray(fn(jnp.asarray(z), cs[i]))
+        np.testing.assert_allclose(out.point[i], z, rtol=0, atol=1e-13)

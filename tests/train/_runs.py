@@ -2,6 +2,7 @@
 
 import jax
 
+from optjax.cli import main
 from optjax.train import TrainConfig, train
 
 TINY = dict(kind="dense", width=16, train_subset=256, test_subset=64, batch_size=32, epochs=2,
@@ -16,3 +17,9 @@ def tiny_config(out_dir, **changes) -> TrainConfig:
 def run(config, **kwargs):
     with jax.enable_x64(False):  # float32 training, as users run it
         return train(config, **kwargs)
+
+
+def cli(*args) -> int:
+    """``optjax ...`` in this process (float32, as users run it); the exit status."""
+    with jax.enable_x64(False):
+        return main(list(args))

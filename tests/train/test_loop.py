@@ -60,19 +60,44 @@ def test_stopping_and_resuming_equals_the_uninterrupted_run(full_run, tmp_path):
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
 
 
-def test_resume_refuses_changed_options(full_run, tmp_path):
+def test_resume_accepts_optimisation_and_solver_changes(full_run, tmp_path, capsys):
     run(tiny_config(tmp_path, stop_after=3))
-    with pytest.raises(ConfigError, match=r"learning_rate: checkpoint 0.01, now 0.02"):
-        run(tiny_config(tmp_path, learning_rate=0.02), resume=True)
+    resumed = run(tiny_config(tmp_path, learning_rate=0.02, grad_clip=None, tol=5e-4,
+                              stop_after=6), resume=True)
+    assert int(resumed.state.step) == 6
+    assert set(resumed.changed) == {"learning_rate 0.01 -> 0.02", "grad_clip 1.0 -> None",
+                                    "tol 0.001 -> 0.0005"}
+    assert "no longer identical to an uninterrupted one" in capsys.readouterr().err
+    (logged,) = [r for r in resumed.records if r["event"] == "resume"]
+    assert logged["step"] == 3 and set(logged["changed"]) == set(resumed.changed)
+    # the new peak rate is in force from step 4 on: twice the uninterrupted run's schedule
+    want = {r["step"]: 2 * r["learning_rate"] for r in full_run.records if r["event"] == "step"}
+    for r in resumed.records:
+        if r["event"] == "step" and r["step"] > 3:
+            np.testing.assert_allclose(r["learning_rate"], want[r["step"]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(width=24), r"width \(checkpoint 16, now 24: it fixes the parameter layout\)"),
+    (dict(batch_size=64), r"batch_size \(checkpoint 32, now 64: it fixes the number of steps "
+                          r"per epoch"),
+    (dict(activation="tanh"), r"activation \(checkpoint 'relu', now 'tanh'"),
+])
+def test_resume_refuses_options_that_fix_the_model_or_the_data_order(full_run, change, reason):
+    # refused before anything is loaded or written
+    with pytest.raises(ConfigError, match=reason + r".*Options that may change when resuming: "
+                                                   r".*--learning-rate"):
+        run(tiny_config(full_run.config.out_dir, **change), resume=True)
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path):
-    run(tiny_config(tmp_path, stop_after=2))
+    first = run(tiny_config(tmp_path, stop_after=2))
     with pytest.raises(ConfigError, match="already holds checkpoints.*--resume.*--overwrite"):
         run(tiny_config(tmp_path, stop_after=2))
     again = run(tiny_config(tmp_path, stop_after=1), overwrite=True)
     assert int(again.state.step) == 1
-    assert [r["step"] for r in again.records] == [1]
+    assert [r["step"] for r in again.records if r["event"] == "step"] == [1]
+    assert again.records[0]["run_id"] == again.run_id != first.run_id  # a new run
 
 
 def test_the_data_order_depends_on_seed_and_epoch_only():
@@ -110,7 +135,7 @@ def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkey
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_non_finite_loss_stops_the_run_with_the_last_good_state_saved(tmp_path, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypatch, capsys):
     import optjax.train.loop as loop
 
     make = loop.make_train_step
@@ -128,11 +153,47 @@ def test_a_non_finite_loss_stops_the_run_with_the_last_good_state_saved(tmp_path
 
     monkeypatch.setattr(loop, "make_train_step", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"the loss became nan at step 4 .*"
-                       r"checkpoints/3\. Lower the learning rate"):
+                       r"checkpoints/3\. Lower --learning-rate or --grad-clip") as diverged:
         run(tiny_config(tmp_path))
     assert (tmp_path / "checkpoints" / "3").is_dir()
     steps = read_metrics(tmp_path / "metrics.jsonl", "step")
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and np.isnan(steps[-1]["loss"])
+    # The message names what --resume accepts, and resuming with the advice works.
+    accepted, refused = str(diverged.value).split("--resume accepts new values of ")[1] \
+        .split("not of ")
+    for flag in ("--learning-rate", "--grad-clip", "--max-steps", "--solver", "--anderson-ridge",
+                 "--tol", "--weight-decay", "--backward"):
+        assert f"{flag} " in accepted
+    assert refused.startswith("--dataset --family --kind --width --activation --train-subset "
+                              "--batch-size --seed)")
+    resumed = run(tiny_config(tmp_path, learning_rate=0.005, grad_clip=0.5, stop_after=5),
+                  resume=True)
+    assert int(resumed.state.step) == 5 and resumed.ending == "stopped"
+    assert "learning_rate 0.01 -> 0.005" in resumed.changed
+    assert [r["step"] for r in resumed.records if r["event"] == "step"] == [1, 2, 3, 4, 5]
+
+
+def test_stop_and_resume_with_augmentation_is_exact(full_run, tmp_path):
+    # 5 steps (no epoch end, so no evaluation): in one go, and as 2 + 3 after a resume.
+    augmented = dict(augment_crop=1, augment_flip=True)
+    whole = run(tiny_config(tmp_path / "whole", stop_after=5, **augmented))
+    first = run(tiny_config(tmp_path / "parts", stop_after=2, **augmented))
+    assert first.ending == "stopped"
+    resumed = run(tiny_config(tmp_path / "parts", stop_after=5, **augmented), resume=True)
+    assert resumed.changed == () and int(resumed.state.step) == 5
+    for a, b in zip(_leaves(whole.state), _leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the augmentation did change the inputs: same initialisation and batch, another loss
+    loss = lambda result: [r["loss"] for r in result.records if r["event"] == "step"][0]  # noqa
+    assert loss(whole) != loss(full_run)
+    # and none at evaluation: the augmented run evaluates as a run without augmentation
+    from optjax.train.evaluate import evaluate_split
+    data = whole.run.data
+    with jax.enable_x64(False):
+        outputs = [evaluate_split(r.run.eval_step, whole.state, data.x_test, data.y_test, 64,
+                                  r.run.mesh) for r in (whole, full_run)]
+    for key in ("loss", "prediction"):
+        np.testing.assert_array_equal(outputs[0][key], outputs[1][key])
 
 
 def test_epoch_maxima_keep_nan():

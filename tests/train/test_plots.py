@@ -27,3 +27,10 @@ def test_all_four_plots(tmp_path):
 def test_no_certificate_plot_without_finite_bounds(tmp_path):
     paths = save_plots(_records(), np.full(10, np.nan), tmp_path)
     assert "certificate.png" not in [p.name for p in paths] and len(paths) == 3
+
+
+def test_no_forward_steps_plot_without_solver_statistics(tmp_path):
+    nan = float("nan")
+    records = [dict(r, steps=nan, steps_max=nan, test_steps=nan) for r in _records()]
+    paths = save_plots(records, np.full(10, nan), tmp_path)
+    assert [p.name for p in paths] == ["loss.png", "accuracy.png"]

@@ -42,3 +42,27 @@ def test_without_a_terminal_only_epoch_lines_and_the_table():
     for column in ("train loss", "test acc", "fwd steps", "max residual", "converged"):
         assert column in text
     assert "80.00%" in text and "100.0%" in text
+
+
+def test_the_table_is_not_cut_to_a_narrow_console():
+    # A log file or a pipe: rich takes 80 columns, narrower than the table.
+    console = Console(file=io.StringIO(), force_terminal=False, width=80)
+    wide = dict(EPOCH, loss=0.123456, test_loss=1.234567, residual=1.23e-4, time=123.4)
+    Reporter(progress=False, console=console).print(summary_table([wide]))
+    text = console.file.getvalue()
+    row = next(line for line in text.splitlines() if "0.1235" in line)
+    for number in ("1.2346", "85.0%", "80.00%", "12.0", "15", "1.2e-04", "100.0%", "123.4"):
+        assert f" {number} " in row, (number, text)
+    assert "…" not in text
+
+
+def test_without_solver_statistics_the_solver_columns_are_left_out():
+    nan = float("nan")
+    explicit = dict(EPOCH, steps=nan, steps_max=nan, residual=nan, converged=nan)
+    console = _console(False)
+    console.print(summary_table([explicit]))
+    text = console.file.getvalue()
+    assert "no equilibrium layer" in text and "train loss" in text
+    for column in ("fwd steps", "max residual", "converged"):
+        assert column not in text
+    assert format_metrics(explicit) == "loss 0.3000 acc 85.0%"

@@ -1,0 +1,120 @@
+r"""Anderson acceleration safeguarded by the explicit objective: Anderson's steps, plain
+iteration's monotone objective.
+
+For an OptEq problem :math:`S(z) = \operatorname{prox}_R(z - \nabla G(z))` is a forward-backward
+step with step 1 on :math:`F = G + R`, :math:`G` convex and 1-smooth, so it satisfies the descent
+lemma (Beck & Teboulle 2009, lemma 2.3)
+
+.. math:: F(S(y)) \le F(y) - \tfrac12 \|y - S(y)\|^2 .
+
+Each step evaluates :math:`(F, S)` once (``value_and_map``, one :math:`T`) at a candidate
+:math:`y`: the Anderson extrapolation (:mod:`optjax.solvers.anderson`) from the current
+iterate :math:`x_k`, accepted as :math:`x_{k+1} = y` only under the sufficient-decrease test
+
+.. math::
+
+    F(y) \le F(x_k) - \tfrac{\delta}{2} \|x_k - S(x_k)\|^2 + \varepsilon_k,
+    \qquad \varepsilon_k = 8\,\epsilon\,\big(|F(x_k)| + \|x_k\|^2\big),
+
+that is, at least the fraction :math:`\delta` (``decrease``) of what the plain step is
+guaranteed to achieve. :math:`\epsilon` is the machine epsilon of the state's dtype:
+:math:`\varepsilon_k` is the rounding error of a computed :math:`F` (a sum of terms of the size of
+:math:`\|x\|^2` and :math:`|F|`); below it computed values cannot tell a decrease from an
+increase, and a test without it would reject good steps at random near convergence. If the
+candidate is rejected, the next evaluation is the plain step :math:`S(x_k)`, accepted
+unconditionally by the descent lemma. Hence along the accepted iterates
+
+.. math:: F(x_{k+1}) \le F(x_k) - \tfrac{\delta}{2}\|x_k - S(x_k)\|^2 \quad (\text{up to } \varepsilon_k),
+
+:math:`\sum_k \|x_k - S(x_k)\|^2 < \infty` and the residual tends to 0 whatever Anderson does,
+while the accepted steps are Anderson's. Every evaluated pair :math:`(y, S(y))`, rejected or not,
+enters the Anderson history (it is a true evaluation of :math:`S`).
+
+Cost: one evaluation per step, a rejected candidate included (``evaluations = steps + 1``). It
+stops on :math:`\|x_k - S(x_k)\| \le` tol at an accepted iterate and returns :math:`x_k` with its
+image. It needs the problem's objective (``value_and_map``) and refuses problems without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from optjax.config import in_interval, require
+from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
+from optjax.solvers.anderson import coefficients, extrapolate, push, start_history, validate_anderson
+
+
+@dataclasses.dataclass(frozen=True)
+class SafeguardedAnderson(Solver):
+    """Anderson acceleration (``history``, relative ``ridge``, ``mixing``) whose steps are
+    accepted only if the objective decreases by ``decrease`` times the plain step's guaranteed
+    decrease; otherwise a plain step.
+
+    ``monitor`` (debugging, slows the solve): a host function called after every step as
+    ``monitor(step, active, accepted, point, value)`` with the batch's current (accepted)
+    points and their objective values; ``None`` (default) costs nothing.
+    """
+
+    history: int = 5
+    ridge: float = 1e-5
+    mixing: float = 1.0
+    decrease: float = 0.5
+    monitor: Callable | None = None
+
+    name: ClassVar[str] = "safeguarded_anderson"
+    needs_objective: ClassVar[bool] = True
+
+    def _validate(self):
+        validate_anderson("SafeguardedAnderson", self.history, self.ridge, self.mixing)
+        in_interval("SafeguardedAnderson", "decrease", self.decrease, 0.0, 1.0)
+        require(self.monitor is None or callable(self.monitor),
+                f"SafeguardedAnderson.monitor must be callable or None, got {self.monitor!r}")
+
+    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+        self._require_objective(value_and_map)
+        batch, shape, m = z0.shape[0], z0.shape[1:], self.history
+        dtype = z0.dtype
+        evaluate_batch = batched(value_and_map, data)
+
+        def evaluate(z):
+            value, image = evaluate_batch(z.reshape((batch,) + shape))
+            return value.astype(dtype), image.reshape(batch, -1)
+
+        eps = jnp.finfo(dtype).eps
+
+        def step(carry, residual, active, k):
+            history, point, image, value, plain_next = carry
+            alpha = coefficients(history, jnp.minimum(k + 1, m), k % m, self.ridge)
+            candidate = jnp.where(plain_next[:, None], image, extrapolate(history, alpha, self.mixing))
+            y = freeze(active, candidate, point)
+            value_y, image_y = evaluate(y)
+            g = image_y - y
+            slack = 8 * eps * (jnp.abs(value) + jnp.sum(point * point, axis=1))
+            bound = value - (0.5 * self.decrease) * residual * residual + slack
+            # NaN values compare False: a non-finite candidate is rejected.
+            accept = active & (plain_next | (value_y <= bound))
+            history = push(history, image_y, g, (k + 1) % m)
+            point = freeze(accept, y, point)
+            image = freeze(accept, image_y, image)
+            value = jnp.where(accept, value_y, value)
+            new_residual = jnp.where(accept, batch_norms(g), residual)
+            if self.monitor is not None:
+                jax.debug.callback(self.monitor, k, active, accept, point.reshape(z0.shape), value)
+            return (history, point, image, value, ~accept), new_residual
+
+        x0 = z0.reshape(batch, -1)
+        value0, f0 = evaluate(x0)
+        g0 = f0 - x0
+        no = jnp.zeros((batch,), bool)
+        carry = (start_history(f0, g0, m), x0, f0, value0, no)
+        (_, point, image, _, _), residual, steps = batch_loop(
+            step, carry, batch_norms(g0), tol=tol, max_steps=max_steps
+        )
+        return SolverRun(
+            point=point.reshape(z0.shape), image=image.reshape(z0.shape), steps=steps,
+            evaluations=steps + 1, residual=residual,
+        )

@@ -1,0 +1,130 @@
+"""What every forward solver promises, checked for each registered solver at the solver level
+(``solver.solve_batch`` / ``solver.run`` on maps written in the test, see _maps.py):
+
+* the point it returns is an equilibrium (against an independent minimiser), its ``image`` is
+  S(point) and its ``residual`` is ||point - S(point)||;
+* stopping is per sample: in a batch, each sample takes exactly the steps it takes alone;
+* a sample with a NaN stops at once and leaves the others untouched;
+* ``run`` (one sample) agrees with ``solve_batch``;
+* a float32 state stays float32 with x64 enabled (no float64 anywhere in the computation).
+"""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optjax
+from optjax import solvers
+from tests.solvers._maps import dense_case, reference_equilibrium, residuals
+
+ALL = sorted(solvers.SOLVERS)
+OURS = [name for name in ALL if not name.startswith("jaxopt_")]
+
+
+def _settings(name):
+    # Halpern's rate is O(1/k): a loose tolerance and many steps.
+    return dict(tol=1e-4, max_steps=100000) if name == "halpern" else dict(tol=1e-10, max_steps=5000)
+
+
+def _solve(solver, fn, vam, z0, c, **kw):
+    return jax.jit(lambda z0, c: solver.solve_batch(fn, z0, c, value_and_map=vam, **kw))(z0, c)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_returns_the_equilibrium_with_its_image_and_residual(name):
+    problem, x, c, fn, vam = dense_case(0, norm=0.9, batch=4)
+    kw = _settings(name)
+    out = _solve(solvers.get(name), fn, vam, jnp.zeros((4, 8)), c, **kw)
+    image = out.image if out.image is not None else jax.vmap(fn)(out.point, c)
+    r = residuals(fn, out.point, c)
+    assert np.all(r <= kw["tol"]), r
+    np.testing.assert_allclose(image, jax.vmap(fn)(out.point, c), atol=1e-14)
+    if out.residual is not None:
+        np.testing.assert_allclose(out.residual, r, rtol=1e-9, atol=1e-16)
+    # An independent minimiser of F finds the same point (strongly convex: unique).
+    atol = 1e-3 if name == "halpern" else 1e-7
+    np.testing.assert_allclose(image, reference_equilibrium(problem, x), atol=atol)
+    assert out.steps.dtype == jnp.int32 and out.evaluations.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_stopping_is_per_sample(name):
+    """Samples of different difficulty stop at different steps, each exactly where it stops
+    when solved alone."""
+    _, _, c, fn, vam = dense_case(1, norm=0.95, batch=5, bias_scale=1.0)
+    c = c * jnp.array([0.01, 1.0, 3.0, 10.0, 0.3])[:, None]  # residuals of very different sizes
+    solver = solvers.get(name)
+    kw = dict(tol=1e-4, max_steps=100000) if name == "halpern" else dict(tol=1e-9, max_steps=5000)
+    z0 = jnp.zeros((5, 8))
+    solve = jax.jit(lambda z0, c: solver.solve_batch(fn, z0, c, value_and_map=vam, **kw))
+    batch = solve(z0, c)
+    assert len(set(np.asarray(batch.steps).tolist())) > 1, batch.steps
+    for i in range(5):
+        alone = solve(z0[i:i + 1], c[i:i + 1])
+        assert int(alone.steps[0]) == int(batch.steps[i])
+        assert int(alone.evaluations[0]) == int(batch.evaluations[i])
+        np.testing.assert_allclose(alone.point[0], batch.point[i], rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_a_nan_sample_stops_at_once_and_leaves_the_others_alone(name):
+    _, _, c, fn, vam = dense_case(2, norm=0.9, batch=3)
+    solver = solvers.get(name)
+    kw = dict(tol=1e-6, max_steps=200)
+    z0 = jnp.zeros((3, 8))
+    clean = _solve(solver, fn, vam, z0, c, **kw)
+    poisoned = _solve(solver, fn, vam, z0, c.at[1, 0].set(jnp.nan), **kw)
+    assert int(poisoned.steps[1]) == 0
+    for i in (0, 2):
+        assert int(poisoned.steps[i]) == int(clean.steps[i])
+        np.testing.assert_array_equal(poisoned.point[i], clean.point[i])
+        assert np.all(np.isfinite(np.asarray(poisoned.point[i])))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_run_solves_one_sample_like_solve_batch(name):
+    _, _, c, fn, vam = dense_case(3, norm=0.9, batch=2)
+    solver = solvers.get(name)
+    kw = _settings(name)
+    batch = _solve(solver, fn, vam, jnp.zeros((2, 8)), c, **kw)
+    for i in range(2):
+        one = jax.jit(lambda z0, ci: solver.run(
+            lambda z: fn(z, ci), z0, value_and_map=lambda z: vam(z, ci), **kw))(jnp.zeros(8), c[i])
+        assert int(one.steps) == int(batch.steps[i])
+        np.testing.assert_allclose(one.point, batch.point[i], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_float32_state_stays_float32_with_x64_enabled(name):
+    _, _, c, fn, vam = dense_case(4, norm=0.9, batch=3, dtype=jnp.float32)
+    solver = solvers.get(name)
+    z0 = jnp.zeros((3, 8), jnp.float32)
+    f = lambda z0, c: solver.solve_batch(fn, z0, c, tol=1e-5, max_steps=300,  # noqa: E731
+                                         value_and_map=vam)
+    out = jax.jit(f)(z0, c)
+    assert out.point.dtype == jnp.float32 and out.image.dtype == jnp.float32
+    assert out.residual.dtype == jnp.float32
+    promoted = [str(eqn.primitive) for eqn in _equations(jax.make_jaxpr(f)(z0, c).jaxpr)
+                if any(getattr(v.aval, "dtype", None) == jnp.float64 for v in eqn.outvars)]
+    assert not promoted, f"float64 values computed from a float32 state: {promoted}"
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _equations(sub)
+
+
+def test_a_solver_that_needs_the_objective_refuses_a_problem_without_one():
+    _, _, c, fn, _ = dense_case(5)
+    with pytest.raises(optjax.ConfigError, match="needs the problem's explicit objective"):
+        solvers.get("safeguarded_anderson").solve_batch(fn, jnp.zeros((3, 8)), c, tol=1e-6,
+                                                        max_steps=10)
+
+
+def test_unknown_solver_names_the_choices():
+    with pytest.raises(optjax.ConfigError, match="unknown solver 'newton'.*safeguarded_anderson"):
+        solvers.get("newton")
