@@ -59,8 +59,7 @@ def main(argv=None) -> int:
             @jax.jit
             def forward(state, x):
                 m = nnx.merge(graphdef, state)
-                logits = m(x)
-                return logits, m.info
+                return m(x, return_info=True)
 
             @jax.jit
             def forward_backward(state, x, y):

@@ -147,7 +147,8 @@ def run_case(activation, norm, args, out):
             return solver.run(z0, w, cc)
         return solve
 
-    print("\n| same problem, other implementations | T evals | fwd time / T | fwd time / optjax same solver |")
+    print("\n| same problem, other implementations | T evals | fwd time / T | "
+          "fwd time / optjax same solver |")
     print("|---|---|---|---|")
     for kind, mine in (("fixed_point", "fixed_point"),
                        ("anderson", "jaxopt_anderson, jaxopt's ridge 1e-5")):
@@ -155,8 +156,9 @@ def run_case(activation, norm, args, out):
         res = solve(problem.weight, x)
         t = timeit(lambda w, x: solve(w, x).params, problem.weight, x, reps=reps)
         steps = int(res.state.iter_num)
-        print(f"| jaxopt.{'FixedPointIteration' if kind == 'fixed_point' else 'AndersonAcceleration'} "
-              f"(batch-global tol) | {steps} | {t / t_eval:.1f} | {t / fwd_time[mine][0]:.2f} |")
+        name = "FixedPointIteration" if kind == "fixed_point" else "AndersonAcceleration"
+        print(f"| jaxopt.{name} (batch-global tol) | {steps} | {t / t_eval:.1f} | "
+              f"{t / fwd_time[mine][0]:.2f} |")
     k_unroll = fwd_time["fixed_point"][1]
 
     def unrolled(w, x):
@@ -187,7 +189,8 @@ def run_case(activation, norm, args, out):
         _, stats = g(problem.weight, probe)
         t = timeit(g, problem.weight, probe, reps=reps)
         print(f"| {label} | {t / t_fwd:.2f} | {int(jnp.max(stats.steps))} / "
-              f"{float(jnp.mean(stats.steps)):.1f} | {int(jnp.sum(stats.converged))}/{args.batch} |")
+              f"{float(jnp.mean(stats.steps)):.1f} | "
+              f"{int(jnp.sum(stats.converged))}/{args.batch} |")
 
     def jaxopt_loss(w, kind):
         return jnp.sum(target * jaxopt_solve(kind)(w, x).params)
@@ -198,8 +201,10 @@ def run_case(activation, norm, args, out):
         ratio = timeit(g, problem.weight, reps=reps) / timeit(f, problem.weight, reps=reps)
         print(f"| jaxopt {kind}, its own implicit diff | {ratio:.2f} | - | - |")
     gu = jax.jit(jax.grad(lambda w: jnp.sum(target * unrolled(w, x))))
-    ratio = timeit(gu, problem.weight, reps=reps) / timeit(jax.jit(unrolled), problem.weight, x, reps=reps)
-    print(f"| autodiff through the unrolled loop ({k_unroll} steps) | {ratio:.2f} | {k_unroll} | - |")
+    t_unrolled = timeit(jax.jit(unrolled), problem.weight, x, reps=reps)
+    ratio = timeit(gu, problem.weight, reps=reps) / t_unrolled
+    print(f"| autodiff through the unrolled loop ({k_unroll} steps) | {ratio:.2f} | "
+          f"{k_unroll} | - |")
 
 
 def main(argv=None) -> int:
@@ -233,12 +238,13 @@ def summary(out):
     labels = [label for label, _, certify in SOLVERS if not certify]
     cell = {(row["case"], row["solver"]): row for row in out}
     header = " | ".join(f"{act} {norm}" for act, norm in cases)
-    print("\n### Summary: evaluations of T to the per-sample tolerance (max / mean over the batch)\n")
+    print("\n### Summary: evaluations of T to the per-sample tolerance "
+          "(max / mean over the batch)\n")
     print(f"| solver | {header} |")
     print("|---" * (len(cases) + 1) + "|")
     for label in labels:
-        print(f"| {label} | " + " | ".join(
-            f"{cell[c, label]['evals']} / {cell[c, label]['mean_evals']:.1f}" for c in cases) + " |")
+        evals = [f"{cell[c, label]['evals']} / {cell[c, label]['mean_evals']:.1f}" for c in cases]
+        print(f"| {label} | " + " | ".join(evals) + " |")
     print("\n### Summary: solver loop time per evaluation / T\n")
     print(f"| solver | {header} |")
     print("|---" * (len(cases) + 1) + "|")

@@ -1,14 +1,16 @@
 """The only place optjax touches jaxopt.
 
-jaxopt is no longer maintained, so everything optjax uses from it goes through the two
-functions below; replacing jaxopt means rewriting this file only. Its import-time
-DeprecationWarning is filtered by its exact message, nothing else is silenced.
+jaxopt is no longer maintained; optjax's own solvers do not use it. The two functions below
+back the reference solvers ``"jaxopt_fixed_point"`` and ``"jaxopt_anderson"``
+(:mod:`optjax.solvers.jaxopt_reference`), kept to compare against; removing jaxopt means
+removing this file and those two solvers. Its import-time DeprecationWarning is filtered by its
+exact message, nothing else is silenced.
 
 ``unroll=False`` everywhere: with implicit_diff off, jaxopt's default unrolls into a
 ``scan`` of ``max_steps`` conditional no-ops, which costs max_steps iterations whatever the
-tolerance. Both functions solve one sample (the caller vmaps them); they return the last point ``x`` whose
-residual ``||x - S(x)||`` jaxopt measured, that residual, jaxopt's returned iterate, the number
-of steps and the number of evaluations of S.
+tolerance. Both functions solve one sample (the caller vmaps them); they return the last point
+``x`` whose residual ``||x - S(x)||`` jaxopt measured, that residual, jaxopt's returned iterate,
+the number of steps and the number of evaluations of S.
 """
 
 from __future__ import annotations

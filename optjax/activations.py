@@ -331,20 +331,28 @@ def _quadrature_potential(fn: Callable, offset: float) -> Callable:
     return _with_derivative(value, fn)
 
 
-def _check_grid(lo: float, hi: float, num_points: int) -> np.ndarray:
-    """A dense uniform grid on [lo, hi] plus a fine grid around 0 (uniform and geometric).
+def _check_grid(lo: float, hi: float, num_points: int, far: float = 0.0) -> np.ndarray:
+    """A dense uniform grid on [lo, hi], a fine grid around 0 (uniform and geometric), and
+    geometric tails from the interval's ends out to ``-far`` and ``far`` (where the map of a
+    large pre-activation is decided: monotone and 1-Lipschitz must hold there too).
 
     Points closer than 1e-6 relative are merged: their difference quotients would be rounding.
     """
     geometric = np.logspace(-9, 0, 181)
     fine = np.concatenate([np.linspace(-1, 1, 4001), geometric, -geometric, [0.0]])
     fine = fine[(fine >= lo) & (fine <= hi)]
-    t = np.sort(np.concatenate([np.linspace(lo, hi, num_points), fine]))
+    tails = []
+    if far > max(hi, 0.0):
+        tails.append(np.geomspace(max(hi, 1.0), far, 600))
+    if -far < min(lo, 0.0):
+        tails.append(-np.geomspace(max(-lo, 1.0), far, 600))
+    t = np.sort(np.concatenate([np.linspace(lo, hi, num_points), fine, *tails]))
     gap = np.diff(t) > 1e-6 * np.maximum(np.abs(t[1:]), np.abs(t[:-1]))
     return t[np.concatenate([[True], gap])]
 
 
-def _check_prox(fn: Callable, name: str, check_interval, num_points: int) -> float:
+def _check_prox(fn: Callable, name: str, check_interval, num_points: int,
+                far: float = 0.0) -> float:
     """Check numerically that fn is nondecreasing and 1-Lipschitz; return its max slope.
 
     Evaluated in float64 when jax_enable_x64 is on (float32 otherwise). The tolerances allow
@@ -352,7 +360,7 @@ def _check_prox(fn: Callable, name: str, check_interval, num_points: int) -> flo
     difference quotient is taken off.
     """
     lo, hi = map(float, check_interval)
-    t = jnp.unique(jnp.asarray(_check_grid(lo, hi, num_points)))  # the float32 cast may merge
+    t = jnp.unique(jnp.asarray(_check_grid(lo, hi, num_points, far)))  # float32 may merge
     s = fn(t)
     if jnp.shape(s) != t.shape or jnp.shape(fn(t[:6].reshape(2, 3))) != (2, 3):
         raise NotAProxError(
@@ -365,8 +373,9 @@ def _check_prox(fn: Callable, name: str, check_interval, num_points: int) -> flo
     if bad.any():
         i = np.argmax(bad)
         raise NotAProxError(
-            f"{name} returned a non-finite value sigma({t[i]:.4g}) = {s[i]} on the check "
-            f"interval [{lo}, {hi}]; an activation must be finite everywhere"
+            f"{name} returned a non-finite value sigma({t[i]:.4g}) = {s[i]} on the checked "
+            f"points (dense on [{lo}, {hi}], geometric out to +-{far:g}); an activation must be "
+            "finite everywhere"
         )
     ds, dt = np.diff(s), np.diff(t)
     scale = np.abs(s[1:]) + np.abs(s[:-1])
@@ -407,12 +416,16 @@ def from_function(
     slope_bound: float | None = None,
     check_interval: tuple[float, float] = (-30.0, 30.0),
     num_points: int = 20001,
+    far: float = 1e6,
 ) -> Activation:
     """Wrap an elementwise map ``fn`` as an :class:`Activation`, after checking it is a prox.
 
-    ``fn`` is evaluated on ``num_points`` points of ``check_interval`` plus a fine grid around 0;
-    it must keep shapes, be finite, nondecreasing and 1-Lipschitz there (else
-    :class:`NotAProxError`), and its slope must not exceed ``slope_bound`` (else ``ValueError``).
+    ``fn`` is evaluated on ``num_points`` points of ``check_interval``, a fine grid around 0, and
+    geometric tails out to ``-far`` and ``far`` (1200 more points); it must keep shapes, be
+    finite, nondecreasing and 1-Lipschitz there (else :class:`NotAProxError`), and its slope must
+    not exceed ``slope_bound`` (else ``ValueError``). A numerical check on finitely many points
+    cannot prove the property everywhere: a map that misbehaves only between the checked points,
+    or beyond ``far``, passes it.
 
     Args:
       fn: sigma, elementwise on jax arrays; may be an :class:`Activation`, whose name, potential,
@@ -431,7 +444,7 @@ def from_function(
     if name is None:
         name = base.name if base else getattr(fn, "__name__", type(fn).__name__)
     bound = slope_bound if slope_bound is not None else (base.slope_bound if base else 1.0)
-    max_slope = _check_prox(fn, name, check_interval, num_points)
+    max_slope = _check_prox(fn, name, check_interval, num_points, far)
     if max_slope > bound * (1 + 1e-6):
         raise ValueError(
             f"slope_bound={bound} is below the observed slope {max_slope:.6g} of {name}; "

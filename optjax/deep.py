@@ -42,7 +42,9 @@ gives :math:`\|s - s^\star\| \le r_J / m`; and :math:`K(s - J s) \in \partial H(
 Both sweeps are solved by the engine (:func:`optjax.equilibrium`); the implicit gradient depends
 only on the fixed point, so both give the same gradients. The Jacobian of either map is not
 symmetric (:math:`D K` for Jacobi, :math:`D = \operatorname{diag}\sigma'`), so the backward
-system is solved with GMRES (default) or fixed-point iteration, not conjugate gradients.
+system is solved with GMRES (default) or fixed-point iteration, not conjugate gradients;
+:math:`J^\top` is applied with the couplings' adjoints (one product with every :math:`A_l` and
+:math:`A_l^\top`, like a sweep), never by differentiating the map.
 
 States are handled per sample as one flat vector :math:`(s_1, \dots, s_L)` (each layer
 raveled); :func:`equilibrium` returns them split per layer, in their shapes.
@@ -275,13 +277,16 @@ class DeepProblem(EquilibriumProblem):
 
     def conditions(self, *, certify: bool) -> Conditions:
         dtype = self.dtype
+        # No gradient: stopped at the couplings, not at the norms, or differentiating the
+        # caller would run the SVDs' full decompositions (about 10x their values' cost).
+        frozen = jax.lax.stop_gradient(self.couplings)
         if certify:
-            norms = coupling_norms(self.couplings) if self.coupling_norms is None else \
-                jnp.asarray(self.coupling_norms)
+            norms = coupling_norms(frozen) if self.coupling_norms is None else \
+                jax.lax.stop_gradient(jnp.asarray(self.coupling_norms))
         else:  # certified lower bounds only: flags clearly nonconvex couplings
-            norms = jnp.stack([linear_map.norm_lower_bound(a) for a in self.couplings]) if \
+            norms = jnp.stack([linear_map.norm_lower_bound(a) for a in frozen]) if \
                 self.couplings else jnp.zeros((0,), dtype)
-        margin = 1.0 - jnp.max(_layer_sums(jax.lax.stop_gradient(norms).astype(dtype)))
+        margin = 1.0 - jnp.max(_layer_sums(norms.astype(dtype)))
         bits = jnp.where(margin < -rounding_slack(dtype), int(Defect.NONCONVEX_WEIGHTS), 0)
         bits = bits | jnp.where(finite_tree(self), 0, int(Defect.NONFINITE_PARAMETERS))
         nan = jnp.asarray(jnp.nan, dtype)
@@ -397,6 +402,40 @@ class _DeepMap:
     @property
     def objective(self):
         return self._objective if self.has_penalties else None
+
+    def jacobian_transpose(self, z, params, c1):
+        r"""The map :math:`v \mapsto J^\top v` at ``z`` for one sample, from the couplings'
+        adjoints (reverse-mode differentiation of a convolution's adjoint inside the backward
+        loop is many times slower on XLA's CPU backend).
+
+        With :math:`D = \operatorname{diag}\sigma'` at the sweep's pre-activations and
+        :math:`K = L + L^\top` (:math:`L` the block-subdiagonal of the :math:`A_l`):
+        Jacobi :math:`J = D K`, so :math:`J^\top v = K (D v)`; Gauss--Seidel
+        :math:`s^+ = \sigma(L s^+ + L^\top s + b)`, so :math:`J = (I - D L)^{-1} D L^\top` and
+        :math:`J^\top v = L (D w)` with :math:`w = v + L^\top D w`, solved from the last layer
+        down. Either costs one product with every :math:`A_l` and :math:`A_l^\top`."""
+        couplings, terms, states = self._parts(z, params, c1)
+        _, pres = _sweep(self.activations, couplings, terms, states, self.gauss_seidel)
+        slopes = [jax.jvp(act.prox, (pre,), (jnp.ones_like(pre),))[1]
+                  for act, pre in zip(self.activations, pres)]
+        last = len(states) - 1
+
+        def apply(v):
+            vs = _unflatten(self.shapes, v)
+            if self.gauss_seidel:  # back-substitution for w, then L (D w)
+                w = list(vs)
+                for l in range(last - 1, -1, -1):
+                    w[l] = vs[l] + linear_map.transpose(couplings[l], slopes[l + 1] * w[l + 1])
+                dw = [d * x for d, x in zip(slopes, w)]
+                out = [jnp.zeros_like(dw[0])] + [linear_map.apply(couplings[l], dw[l])
+                                                  for l in range(last)]
+            else:  # K (D v)
+                dv = [d * x for d, x in zip(slopes, vs)]
+                out = [_pre_activation(couplings, [jnp.zeros_like(x) for x in dv], dv, l,
+                                       dv[l - 1] if l else None) for l in range(last + 1)]
+            return jnp.concatenate([o.reshape(-1) for o in out]).astype(v.dtype)
+
+        return apply
 
     def _objective(self, z, params, c1):
         couplings, terms, states = self._parts(z, params, c1)

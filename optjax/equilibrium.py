@@ -114,9 +114,12 @@ def equilibrium(
         :class:`optjax.deep.DeepProblem`, :class:`optjax.deq.DEQProblem`,
         :class:`optjax.mondeq.MonDEQProblem`, or your own.
       x: inputs, shape ``(batch,) + problem.input_shape``.
-      solver: a name in ``optjax.solvers.SOLVERS`` or a :mod:`optjax.solvers` instance;
-        ``None``: the problem's default (``"nesterov"`` for OptEq: FISTA with adaptive restart
-        on G + R).
+      solver: a name in ``optjax.solvers.SOLVERS`` (``"safeguarded_anderson"``,
+        ``"anderson"``, ``"nesterov"``, ``"fixed_point"``, ``"halpern"``, and jaxopt's
+        ``"jaxopt_anderson"``, ``"jaxopt_fixed_point"`` as references) or a
+        :mod:`optjax.solvers` instance; ``None``: the problem's default (for OptEq the
+        safeguarded Anderson acceleration, which keeps the objective monotone and needs the
+        fewest evaluations of T in benchmarks/RESULTS.md; ``"anderson"`` for DEQ).
       tol: per-sample tolerance on the residual ||z - S(z)|| (absolute, l2), a Python number.
       max_steps: iteration cap per sample.
       backward: ``"auto"`` (conjugate gradients when I - J is symmetric, else GMRES), ``"cg"``,

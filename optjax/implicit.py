@@ -80,6 +80,9 @@ def _solve(map_fn, solver, tol, max_steps, params, data, z0, anchor):
         run = _run_solver(solver, fn, value_and_map, z0, data, anchor, tol, max_steps)
         point, image = run.point, run.image
         evaluations = run.evaluations
+        # The exact value the solver's stopping test used (a recomputation could differ by an
+        # ulp at the boundary and call a stopped sample MAX_STEPS).
+        residual = getattr(run, "residual", None) if image is not None else None
     else:
         lift = jax.vmap(map_fn.solve_state, in_axes=(0, None, 0))
         u_anchor = None if anchor is None else lift(anchor, params, data)
@@ -89,11 +92,12 @@ def _solve(map_fn, solver, tol, max_steps, params, data, z0, anchor):
         point = jax.vmap(map_fn.equilibrium_point, in_axes=(0, None, 0))(run.point, params, data)
         image = None
         evaluations = run.evaluations
+        residual = None
     if image is None:
         image = apply(point, params, data)
         evaluations = evaluations + 1
     stats = ForwardStats(
-        residual=_norms(point - image),
+        residual=_norms(point - image) if residual is None else residual,
         steps=jnp.asarray(run.steps).astype(jnp.int32),
         evaluations=jnp.asarray(evaluations).astype(jnp.int32),
         last=point,

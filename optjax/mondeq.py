@@ -39,10 +39,12 @@ variable :math:`u` is
 the composition of the reflected resolvents :math:`(2R_G - I)(2R_F - I)`; for an
 :math:`m`-strongly monotone, :math:`L`-Lipschitz :math:`F` it is a contraction with factor
 :math:`\sqrt{1 - 4\alpha m / (1 + \alpha L)^2}` for every :math:`\alpha > 0`, and
-:math:`\operatorname{relu}(u^\star) = z^\star`. The default :math:`\alpha = 1` is the paper's
-constant (its tuning halves :math:`\alpha` from 1 while the forward steps drop, and kept 1 or
-1/2 in every reported run; the bound above is best at :math:`\alpha = 1/L`, :math:`L \approx 1`
-at initialisation). :math:`M^{-1}` is applied exactly, computed once per call: for dense
+:math:`\operatorname{relu}(u^\star) = z^\star`. The default :math:`\alpha = 1` is the monDEQ
+authors' constant (their reference implementation's default; its tuning halves :math:`\alpha`
+from 1 while the forward steps drop, and settled on 1 or 1/2 in their published runs); the
+bound above is best at :math:`\alpha = 1/L`. :math:`M^{-1}` is applied exactly, computed once
+per call (a step then costs one application of :math:`M^{-1}` and no product with
+:math:`W`): for dense
 :math:`A, B` an explicit inverse (the symmetric part of :math:`M` is :math:`\succeq (1 + \alpha
 m) I`, so :math:`\|M^{-1}\| \le 1` and the inverse is as accurate as a solve); for circular
 convolutions (:class:`optjax.convolution.Conv2D` with ``padding="circular"``) by the FFT, where

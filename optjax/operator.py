@@ -24,7 +24,7 @@ __all__ = ["unit_operator", "equilibrium_map", "jacobian_transpose", "Equilibriu
 
 
 def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=None,
-                  precision=None) -> jax.Array:
+                  precision="highest") -> jax.Array:
     r""":math:`T(z) = W^\top \sigma(W z + c)` for one sample.
 
     With ``compute_dtype`` (mixed precision) the two products with W run in that dtype; the
@@ -34,7 +34,7 @@ def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=
 
 
 def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None,
-                    precision=None) -> jax.Array:
+                    precision="highest") -> jax.Array:
     r""":math:`S(z) = \operatorname{prox}_R(T(z))` for one sample.
 
     ``params = (weight, prior)`` are shared by the batch; ``data = (c, feature)`` is per sample.
@@ -45,7 +45,7 @@ def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None,
     return t if prior is None else prior.prox(t, feature)
 
 
-def value_and_map(activation, z, params, data, compute_dtype=None, precision=None):
+def value_and_map(activation, z, params, data, compute_dtype=None, precision="highest"):
     r""":math:`(F(z), S(z))` for one sample at the cost of one :math:`T`: the product
     :math:`W z + c` serves both :math:`\Phi` and :math:`\sigma`."""
     weight, prior = params
@@ -59,7 +59,7 @@ def value_and_map(activation, z, params, data, compute_dtype=None, precision=Non
 
 
 def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=None,
-                       precision=None):
+                       precision="highest"):
     r"""The map :math:`v \mapsto J_S(z)^\top v` for one sample, using the structure of T.
 
     :math:`J_T = W^\top D W` with :math:`D = \operatorname{diag}\sigma'(W z + c)` is symmetric,
@@ -95,7 +95,7 @@ class EquilibriumMap:
 
     activation: object
     compute_dtype: object = None
-    precision: object = None
+    precision: object = "highest"
 
     def __call__(self, z, params, data):
         return equilibrium_map(self.activation, z, params, data, self.compute_dtype,

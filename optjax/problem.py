@@ -267,7 +267,7 @@ class OptEqProblem(EquilibriumProblem):
     precision: object = dataclasses.field(default=None, metadata=dict(static=True))
 
     kind: ClassVar[str] = "opteq"
-    default_solver: ClassVar[str] = "nesterov"
+    default_solver: ClassVar[str] = "safeguarded_anderson"
     defect_reasons: ClassVar[dict] = {
         Defect.NONCONVEX_WEIGHTS: "the weights break convexity (s_sigma * ||W||^2 > 1); "
         "normalise W so that ||W|| <= 1 (e.g. W / ||W||, or a norm-controlled layer)",

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optjax import activations
-from optjax.activations import Activation, NotAProxError
+from optjax.activations import Activation, NotAProxError, from_function
 
 INF = math.inf
 # The closure of sigma's range, i.e. the domain of f, from the table (not from the module).
@@ -351,3 +351,17 @@ def test_from_function_check_in_float32_allows_rounding_only():
             activations.from_function(gelu)
         with pytest.raises(NotAProxError, match="not 1-Lipschitz"):
             activations.from_function(lambda t: 1.001 * jnp.tanh(t))
+
+
+def test_from_function_checks_far_beyond_the_dense_interval():
+    """A map that is a prox on [-30, 30] but turns down at |t| > 100 is refused."""
+    def bent(t):
+        return jnp.where(jnp.abs(t) < 100.0, jnp.tanh(t), jnp.tanh(t) - 1e-3 * (jnp.abs(t) - 100))
+
+    with pytest.raises(NotAProxError, match="not nondecreasing"):
+        from_function(bent)
+    steep = lambda t: jnp.where(t > 1e4, 2.0 * t - 1e4, t)  # noqa: E731  slope 2 above 1e4
+    with pytest.raises(NotAProxError, match="not 1-Lipschitz"):
+        from_function(steep)
+    # A genuine prox passes, far tails included.
+    assert from_function(jnp.tanh, "my_tanh").name == "my_tanh"

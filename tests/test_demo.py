@@ -37,3 +37,14 @@ def test_families_benchmark_quick_run_prints_every_family():
     for needle in ("opteq dense", "deq dense", "mondeq dense", "deep_opteq dense", "opteq conv",
                    "deq conv", "mondeq conv"):
         assert needle in out.stdout
+
+
+def test_accelerator_check_quick_run_prints_both_precisions():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    for needle in ("float32 (None: highest)", "backend default", "residual floor",
+                   "Training step"):
+        assert needle in out.stdout

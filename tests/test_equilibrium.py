@@ -1,6 +1,7 @@
 """optjax.equilibrium: the equilibrium is the minimiser of the explicit objective, for every
 solver; it composes with jit, vmap and grad; bad input is refused or flagged, never silent."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -377,3 +378,35 @@ def test_every_problem_type_goes_through_the_one_engine(kind):
     numeric = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
     np.testing.assert_allclose(jnp.vdot(jax.grad(loss)(x), direction), numeric, rtol=1e-6,
                                atol=1e-8)
+
+
+class JitAndEagerAgree(chex.TestCase):
+    """The same call, compiled or not, gives the same equilibrium and result structure."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_equilibrium_and_info(self):
+        problem, x = random_problem(40, activation="softplus", norm=0.95)
+        solve = self.variant(lambda p, x: optjax.equilibrium(p, x, tol=1e-11, max_steps=2000))
+        z, info = solve(problem, x)
+        chex.assert_shape(z, (3, 8))
+        chex.assert_shape([info.steps, info.status, info.residual, info.objective], (3,))
+        chex.assert_tree_all_finite((z, info.certificate.suboptimality_bound))
+        z_min, f_min = independent_minimizer(problem, x)
+        chex.assert_trees_all_close(z, jnp.asarray(z_min), atol=1e-7)
+        chex.assert_trees_all_close(info.objective, jnp.asarray(f_min), rtol=1e-10)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gradients(self):
+        problem, x = random_problem(41, activation="tanh", norm=0.9)
+
+        def loss(w):
+            p = optjax.OptEqProblem(w, problem.activation, problem.input_weight, problem.bias)
+            return jnp.sum(optjax.equilibrium(p, x, tol=1e-12, max_steps=5000)[0] ** 2)
+
+        grad = self.variant(jax.grad(loss))(problem.weight)
+        chex.assert_equal_shape([grad, problem.weight])
+        direction = jnp.asarray(np.random.default_rng(3).normal(size=problem.weight.shape))
+        h = 1e-5
+        numeric = (loss(problem.weight + h * direction) - loss(problem.weight - h * direction)) / (
+            2 * h)
+        chex.assert_trees_all_close(jnp.vdot(grad, direction), numeric, rtol=1e-6)

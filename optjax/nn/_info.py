@@ -136,8 +136,12 @@ class EquilibriumModule(nnx.Module):
             nnx.view(model, deterministic=True) also puts these layers in evaluation mode.
         """
         mode = use_running_average if use_running_average is not None else deterministic
+        if mode is not None and not isinstance(mode, bool):
+            raise TypeError(
+                f"{type(self).__name__}: use_running_average and deterministic must be True, "
+                f"False or None, got {mode!r}")
         if mode is not None:
-            self.use_running_average = bool(mode)
+            self.use_running_average = mode
 
     def _finish(self, output, info, return_info: bool):
         """Record ``info`` in the summary; return ``output`` (and ``info`` if asked)."""

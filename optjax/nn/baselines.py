@@ -30,15 +30,15 @@ that solves it and its certificate (a distance bound). ``W`` is not symmetric, s
 objective and the backward solve defaults to GMRES.
 
 Every layer summarises its last call in ``layer.stats`` (fixed-size scalars that work under
-``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and returns
-the per-sample :class:`optjax.SolveInfo` on request: ``z, info = layer(x, return_info=True)``.
-Evaluation mode (``model.eval()``, ``nnx.view``) changes nothing in these layers; they accept it
-so that Flax's mode switches reach every layer alike.
+``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and
+returns the per-sample :class:`optjax.SolveInfo` on request:
+``z, info = layer(x, return_info=True)``. Evaluation mode (``model.eval()``, ``nnx.view``)
+changes nothing in these layers; they accept it so that Flax's mode switches reach every layer
+alike.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax

@@ -8,26 +8,27 @@ channels (stride 1, same size), :math:`W^\top` its exact adjoint, and :math:`U x
 convolution of the input.
 
 Both keep :math:`\|W\| \le \rho` by the reparametrisation of :mod:`optjax.nn.spectral`. After
-each call ``layer.stats`` summarises the solve (fixed-size scalars, :class:`optjax.nn.SolveSummary`);
-``z, info = layer(x, return_info=True)`` also returns the per-sample :class:`optjax.SolveInfo`.
+each call ``layer.stats`` summarises the solve (fixed-size scalars,
+:class:`optjax.nn.SolveSummary`); ``z, info = layer(x, return_info=True)`` also returns the
+per-sample :class:`optjax.SolveInfo`.
 
 **What is certified, and what it costs.** ``certify=None`` (default): in evaluation mode
 (``model.eval()``, or ``nnx.view(model, use_running_average=True, deterministic=True)``), the
-exact (dense) or certified (convolution) norm of the
-used weight is computed, the weight rescaled once more if the power-iteration estimate fell
-short, so :math:`\|W\| \le \rho` holds exactly, and every sample gets the suboptimality and
-distance bounds. In training mode no norm is computed (a dense 512 x 256 exact norm costs more
-than a whole forward solve on a CPU): :math:`\|W\| \le \rho` then holds up to the error of
-the power-iteration estimate (a lower bound of :math:`\|V\|` that tracks the weights with
-``power_steps`` steps per call, 3 by default: with one step, a convolution's estimate fell
-behind Adam's updates at learning rate 1e-2 and training diverged), the objective stays convex as long as that error is below :math:`1/\rho - 1` (5% at
+exact (dense) or certified (convolution) norm of the used weight is computed, the weight
+rescaled once more if the power-iteration estimate fell short, so :math:`\|W\| \le \rho` holds
+exactly, and every sample gets the suboptimality and distance bounds. In training mode no norm
+is computed (a dense 512 x 256 exact norm costs more than a whole forward solve on a CPU):
+:math:`\|W\| \le \rho` then holds up to the error of the power-iteration estimate (a lower bound
+of :math:`\|V\|` that tracks the weights with ``power_steps`` steps per call, 3 by default: with
+one step, a convolution's estimate fell behind Adam's updates at learning rate 1e-2 and training
+diverged), the objective stays convex as long as that error is below :math:`1/\rho - 1` (5% at
 :math:`\rho = 0.95`), clearly nonconvex weights are still flagged (a certified lower bound on
-:math:`\|W\|`), and the bounds are reported as infinite. ``certify=True`` certifies every
-call (training included); ``certify=False`` never does. So training never pays the exact norm
-by default, and the exact certificate of a trained model is one evaluation-mode call away:
+:math:`\|W\|`), and the bounds are reported as infinite. ``certify=True`` certifies every call
+(training included); ``certify=False`` never does. So training never pays the exact norm by
+default, and the exact certificate of a trained model is one evaluation-mode call away:
 ``eval_model = nnx.view(model, use_running_average=True, deterministic=True)``, then
-``eval_model(x)`` (``layer.stats.suboptimality_bound_max``) or ``layer(x, return_info=True)``
-on the layer of ``eval_model`` (per-sample bounds).
+``eval_model(x)`` (``layer.stats.suboptimality_bound_max``) or ``layer(x, return_info=True)`` on
+the layer of ``eval_model`` (per-sample bounds).
 
 Priors (docs/maths.md, sections 5 and 6): ``prior`` is any :mod:`optjax.priors` prior; the
 quadratic prior's feature is :math:`u = T(0) = W^\top\sigma(U x + b)`, the first step of plain
@@ -52,7 +53,8 @@ from optjax import priors as _priors
 from optjax.config import ConfigError
 from optjax.convolution import Conv2D
 from optjax.nn._info import EquilibriumModule
-from optjax.nn.spectral import PowerIterationState, certified_norm, normalize, power_step
+from optjax.nn.spectral import (PowerIterationState, certified_norm, initial_vector, normalize,
+                                 power_step)
 
 __all__ = ["OptEqDense", "OptEqConv"]
 
@@ -97,9 +99,10 @@ class _OptEqBase(EquilibriumModule):
                               f"got {certify!r}")
         if prior is not None and not isinstance(prior, _priors.Prior):
             raise ConfigError(f"prior must be an optjax.priors.Prior, got {type(prior).__name__}")
-        self.activation = activation if isinstance(activation, _activations.Activation) else _activations.get(activation)
+        self.activation = (activation if isinstance(activation, _activations.Activation)
+                           else _activations.get(activation))
         self.rho = float(rho)
-        self.solver = "halpern" if (anchor is not None and solver is None) else (solver or "nesterov")
+        self.solver = "halpern" if (anchor is not None and solver is None) else solver
         self.tol = tol
         self.max_steps = max_steps
         self.backward = backward
@@ -110,11 +113,10 @@ class _OptEqBase(EquilibriumModule):
         self.compute_dtype = compute_dtype
         self.power_steps = power_steps
         self._init_stats()
-        v = jax.random.normal(rngs.params(), state_shape, param_dtype)
         # Converge the estimate once at construction; afterwards a few steps per training call
         # track the slowly changing weights.
-        v, _ = power_step(self._raw_weight(), v / jnp.linalg.norm(v), steps=100)
-        self.power = PowerIterationState(v)
+        self.power = PowerIterationState(
+            initial_vector(self._raw_weight(), rngs.params(), tuple(state_shape), param_dtype))
 
     def used_weight(self):
         """The normalised weight W (updates the power-iteration vector in training mode)."""
@@ -192,7 +194,8 @@ class OptEqDense(_OptEqBase):
         hidden = hidden or 2 * features
         self.in_features, self.features, self.hidden = in_features, features, hidden
         k1, k2 = jax.random.split(rngs.params())
-        self.weight = nnx.Param(jax.random.normal(k1, (hidden, features), param_dtype) / jnp.sqrt(features))
+        self.weight = nnx.Param(
+            jax.random.normal(k1, (hidden, features), param_dtype) / jnp.sqrt(features))
         self.input_weight = nnx.Param(
             jax.random.normal(k2, (hidden, in_features), param_dtype) / jnp.sqrt(in_features))
         self.bias = nnx.Param(jnp.zeros((hidden,), param_dtype))

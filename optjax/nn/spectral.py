@@ -17,13 +17,15 @@ first derivative.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from optjax import linear_map
 
-__all__ = ["PowerIterationState", "power_step", "normalize", "certified_norm"]
+__all__ = ["PowerIterationState", "power_step", "initial_vector", "normalize", "certified_norm"]
 
 
 class PowerIterationState(nnx.BatchStat):
@@ -39,11 +41,22 @@ def power_step(weight, v: jax.Array, steps: int = 1) -> tuple[jax.Array, jax.Arr
     (no gradient) and :math:`\hat\sigma = \|V v\|`, differentiable in V with v held fixed
     (its derivative is :math:`u v^\top`, :math:`u = Vv/\|Vv\|`, as in spectral normalisation)."""
     frozen = jax.lax.stop_gradient(weight)
-    for _ in range(steps):
-        v = _unit(linear_map.transpose(frozen, linear_map.apply(frozen, v)))
+    # A loop primitive, not a Python loop: the 100 steps at construction then run as one
+    # compiled loop instead of hundreds of eager operations.
+    v = jax.lax.fori_loop(
+        0, steps, lambda _, v: _unit(linear_map.transpose(frozen, linear_map.apply(frozen, v))), v)
     v = jax.lax.stop_gradient(v)
     sigma = jnp.sqrt(jnp.sum(linear_map.apply(weight, v) ** 2))
     return v, sigma
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "steps"))
+def initial_vector(weight, key, shape, dtype, steps: int = 100) -> jax.Array:
+    """A random unit vector of ``shape`` after ``steps`` power iterations on ``weight``: the
+    converged estimate a layer starts from (one compiled function, so that building a layer
+    costs one compilation, not one per eager operation)."""
+    v = jax.random.normal(key, shape, dtype)
+    return power_step(weight, _unit(v), steps)[0]
 
 
 def normalize(weight, sigma_hat, rho: float):

@@ -24,12 +24,13 @@ sample stops at once and the others are unaffected.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from optjax.config import ConfigError, Config
+from optjax.config import Config, ConfigError
 
 
 class SolverRun(NamedTuple):
@@ -113,19 +114,14 @@ class Solver(Config):
             )
 
 
-def norm(v: jax.Array) -> jax.Array:
-    """Euclidean norm of one sample, in its dtype."""
-    return jnp.sqrt(jnp.sum(v * v))
+def flat(v: jax.Array) -> jax.Array:
+    """A batch ``(B, ...)`` as ``(B, D)`` (also for B = 0)."""
+    return v.reshape(v.shape[0], math.prod(v.shape[1:]))
 
 
 def batch_norms(v: jax.Array) -> jax.Array:
     """Per-sample Euclidean norms of a batch ``(B, ...)`` -> ``(B,)``, in its dtype."""
-    return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1))
-
-
-def keep_going(step, residual, tol, max_steps):
-    # A NaN residual compares False: a non-finite sample stops at once instead of running on.
-    return (step < max_steps) & (residual > tol)
+    return jnp.sqrt(jnp.sum(jnp.square(flat(v)), axis=1))
 
 
 def batched(fn: Callable | None, data) -> Callable | None:
@@ -146,9 +142,9 @@ def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: in
 
     Sample ``i`` is active while ``residual[i] > tol`` (False for NaN) and fewer than
     ``max_steps`` steps were taken. ``step(carry, residual, active, k) -> (carry, residual)``
-    advances every sample; it must leave the outputs (point, image) of the inactive samples unchanged
-    (see :func:`freeze`); their residuals are kept here. Returns ``(carry, residual, steps)``
-    with ``steps`` (B,) int32, the step at which each sample stopped.
+    advances every sample; it must leave the outputs (point, image) of the inactive samples
+    unchanged (see :func:`freeze`); their residuals are kept here. Returns
+    ``(carry, residual, steps)`` with ``steps`` (B,) int32, the step at which each sample stopped.
     """
     tol = jnp.asarray(tol, residual.dtype)  # the test in the state's dtype, never promoted
 

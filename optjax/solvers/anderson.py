@@ -29,8 +29,10 @@ at most :math:`1 + m/\text{ridge}` (so its Cholesky factorisation is safe in flo
 Why towards :math:`e_k` (the plain step :math:`x_{k+1} = x_k + \beta g_k`) rather than the usual
 :math:`\lambda\|\alpha\|^2`: where the ridge dominates, the usual penalty spreads :math:`\alpha`
 evenly and averages old iterates, which is slower than plain iteration once the residuals span
-a few orders of magnitude; this one falls back to the plain step instead (measured on
-benchmarks/unit_layer.py: no extra evaluations up to ridge 1e-5 in float32).
+a few orders of magnitude; this one falls back to the plain step instead. (Measured on the
+dense layer of benchmarks/unit_layer.py, float32, tol 1e-5, ||W|| = 0.5: with ridge 1e-2 the
+usual penalty needs 11 evaluations where plain iteration needs 8, this one 7; at the default
+1e-5 it needs at most one evaluation more than a vanishing ridge at ||W|| in {0.5, 0.9, 0.99}.)
 
 The system is solved by an unrolled Cholesky factorisation in the state's dtype; if it fails (a
 non-positive pivot, a non-finite history) the step is the plain one, so Anderson itself never
@@ -47,7 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from optjax.config import in_interval, positive_int, require
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
+from optjax.solvers._base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
+                                  freeze)
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no reduced-precision (TF32) products on accelerators
 
@@ -171,7 +174,7 @@ class Anderson(Solver):
     def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
         batch, shape, m = z0.shape[0], z0.shape[1:], self.history
         apply_batch = batched(fn, data)
-        apply = lambda z: apply_batch(z.reshape((batch,) + shape)).reshape(batch, -1)  # noqa: E731
+        apply = lambda z: flat(apply_batch(z.reshape((batch,) + shape)))  # noqa: E731
 
         def step(carry, _, active, k):
             history, point, image = carry
@@ -183,7 +186,7 @@ class Anderson(Solver):
             history = push(history, fx, g, (k + 1) % m)
             return (history, x, freeze(active, fx, image)), batch_norms(g)
 
-        x0 = z0.reshape(batch, -1)
+        x0 = flat(z0)
         f0 = apply(x0)
         g0 = f0 - x0
         carry = (start_history(f0, g0, m), x0, f0)

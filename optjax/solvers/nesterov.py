@@ -22,7 +22,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from optjax.config import require
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
+from optjax.solvers._base import Solver, SolverRun, batch_loop, batched, flat, freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,32 +34,40 @@ class Nesterov(Solver):
     name: ClassVar[str] = "nesterov"
 
     def _validate(self):
-        require(isinstance(self.restart, bool), f"Nesterov.restart must be a bool, got {self.restart!r}")
+        require(isinstance(self.restart, bool),
+                f"Nesterov.restart must be a bool, got {self.restart!r}")
 
     def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
         apply = batched(fn, data)
         batch = z0.shape[0]
         per_sample = lambda v: v.reshape((batch,) + (1,) * (z0.ndim - 1))  # noqa: E731
 
-        # x, t of a stopped sample run on unused; its y and image are frozen.
+        def measure(y, image, previous):
+            # Residual and restart test of the point just evaluated, in one pass over y - S(y):
+            # the restart fires on <y_k - S(y_k), x_{k+1} - x_k> > 0 (x_{k+1} = S(y_k)).
+            gap, direction = flat(y - image), flat(image - previous)
+            fire = jnp.sum(gap * direction, axis=1) > 0
+            return jnp.sqrt(jnp.sum(gap * gap, axis=1)), fire, image - previous
+
+        # Carry: y_k, S(y_k), x_{k+1} - x_k, t_k and the restart test. A stopped sample keeps
+        # its y and image; the rest of its carry runs on unused.
         def step(carry, _, active, k):
-            x, y, image, t = carry
-            x_new = image
+            y, image, direction, t, fire = carry
             t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
             momentum = (t - 1.0) / t_new
             if self.restart:
-                gap = (y - image).reshape(batch, -1)
-                fire = jnp.sum(gap * (x_new - x).reshape(batch, -1), axis=1) > 0
                 momentum = jnp.where(fire, 0.0, momentum)
                 t_new = jnp.where(fire, 1.0, t_new)
-            y_new = freeze(active, x_new + per_sample(momentum) * (x_new - x), y)
+            y_new = freeze(active, image + per_sample(momentum) * direction, y)
             image_new = freeze(active, apply(y_new), image)
-            return (x_new, y_new, image_new, t_new), batch_norms(y_new - image_new)
+            residual, fire, direction = measure(y_new, image_new, image)
+            return (y_new, image_new, direction, t_new, fire), residual
 
         image0 = apply(z0)
+        residual0, fire0, direction0 = measure(z0, image0, z0)
         t0 = jnp.ones((batch,), z0.dtype)
-        (_, y, image, _), residual, steps = batch_loop(
-            step, (z0, z0, image0, t0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+        (y, image, _, _, _), residual, steps = batch_loop(
+            step, (z0, image0, direction0, t0, fire0), residual0, tol=tol, max_steps=max_steps
         )
         return SolverRun(point=y, image=image, steps=steps, evaluations=steps + 1,
                          residual=residual)

@@ -24,7 +24,10 @@ increase, and a test without it would reject good steps at random near convergen
 candidate is rejected, the next evaluation is the plain step :math:`S(x_k)`, accepted
 unconditionally by the descent lemma. Hence along the accepted iterates
 
-.. math:: F(x_{k+1}) \le F(x_k) - \tfrac{\delta}{2}\|x_k - S(x_k)\|^2 \quad (\text{up to } \varepsilon_k),
+.. math::
+
+    F(x_{k+1}) \le F(x_k) - \tfrac{\delta}{2}\|x_k - S(x_k)\|^2
+    \quad (\text{up to } \varepsilon_k),
 
 :math:`\sum_k \|x_k - S(x_k)\|^2 < \infty` and the residual tends to 0 whatever Anderson does,
 while the accepted steps are Anderson's. Every evaluated pair :math:`(y, S(y))`, rejected or not,
@@ -44,8 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from optjax.config import in_interval, require
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
-from optjax.solvers.anderson import coefficients, extrapolate, push, start_history, validate_anderson
+from optjax.solvers._base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
+                                  freeze)
+from optjax.solvers.anderson import (coefficients, extrapolate, push, start_history,
+                                     validate_anderson)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +87,15 @@ class SafeguardedAnderson(Solver):
 
         def evaluate(z):
             value, image = evaluate_batch(z.reshape((batch,) + shape))
-            return value.astype(dtype), image.reshape(batch, -1)
+            return value.astype(dtype), flat(image)
 
         eps = jnp.finfo(dtype).eps
 
         def step(carry, residual, active, k):
             history, point, image, value, plain_next = carry
             alpha = coefficients(history, jnp.minimum(k + 1, m), k % m, self.ridge)
-            candidate = jnp.where(plain_next[:, None], image, extrapolate(history, alpha, self.mixing))
+            extrapolated = extrapolate(history, alpha, self.mixing)
+            candidate = jnp.where(plain_next[:, None], image, extrapolated)
             y = freeze(active, candidate, point)
             value_y, image_y = evaluate(y)
             g = image_y - y
@@ -106,7 +112,7 @@ class SafeguardedAnderson(Solver):
                 jax.debug.callback(self.monitor, k, active, accept, point.reshape(z0.shape), value)
             return (history, point, image, value, ~accept), new_residual
 
-        x0 = z0.reshape(batch, -1)
+        x0 = flat(z0)
         value0, f0 = evaluate(x0)
         g0 = f0 - x0
         no = jnp.zeros((batch,), bool)

@@ -55,7 +55,8 @@ class TrainConfig(Config):
     (``||W|| <= rho``, OptEq families), forward ``solver`` (None: the layer's default), ``tol``,
     ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
     solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
-    and ``backward_tol``; ``certify`` (exact ``||W||`` and certificates every call, OptEq).
+    and ``backward_tol``; ``certify`` (OptEq layers: None, the default, certifies in evaluation
+    only, True every call, False never; see :mod:`optjax.nn.layers`).
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
     ``warmup_epochs`` then ``schedule`` (cosine decay to 0, or constant); ``grad_clip`` (global
@@ -92,7 +93,7 @@ class TrainConfig(Config):
     backward: str = "gmres"
     backward_steps: int = 30
     backward_tol: float | None = None
-    certify: bool = True
+    certify: bool | None = None
     # optimisation
     epochs: int = 20
     batch_size: int = 64

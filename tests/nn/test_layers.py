@@ -10,7 +10,7 @@ from flax import nnx
 
 import optjax
 from optjax import priors
-from optjax.nn import OptEqConv, OptEqDense
+from optjax.nn import OptEqConv, OptEqDense, SolveStat
 from optjax.nn.spectral import certified_norm
 
 
@@ -69,6 +69,42 @@ def test_norm_bound_holds_after_100_random_optimizer_steps(certify):
             assert bool(jnp.all(converged))
         else:  # the power iteration alone lags behind these large random steps, not past 1
             assert float(power_normalised) < 1.0
+
+
+def _traced_program(layer, x):
+    """The text of the jaxpr of a call (nested jaxprs included)."""
+    graphdef, state = nnx.split(layer)
+    return str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x))
+
+
+def test_training_mode_computes_no_exact_norm_unless_asked():
+    # The exact norm of a dense W is an eigenvalue problem (eigh): by default only evaluation
+    # mode pays it; certify=True pays it in training too.
+    x = _x((2, 6))
+    layer = _dense()
+    layer.train()
+    assert "eigh" not in _traced_program(layer, x)
+    layer.eval()
+    assert "eigh" in _traced_program(layer, x)
+    always = _dense(certify=True)
+    always.train()
+    assert "eigh" in _traced_program(always, x)
+
+
+def test_summary_has_a_fixed_structure_and_reports_failures():
+    layer = _dense()
+    before = nnx.state(layer, SolveStat)
+    assert int(layer.stats.samples[...]) == 0 and np.isnan(layer.stats.residual_max[...])
+    x = _x((4, 6)).at[1, 0].set(jnp.nan)  # one sample cannot be solved
+    z, info = layer(x, return_info=True)
+    after = nnx.state(layer, SolveStat)
+    shapes = lambda state: jax.tree.map(lambda a: (a.shape, a.dtype), state)  # noqa: E731
+    assert shapes(after) == shapes(before)  # the same variables, whatever the batch
+    summary = layer.stats.as_dict()
+    assert int(summary["samples"]) == 4
+    assert float(summary["nonfinite_share"]) == 0.25 and float(summary["converged_share"]) == 0.75
+    assert not bool(info.converged[1]) and np.isnan(summary["residual_max"])
+    np.testing.assert_allclose(summary["steps_max"], np.max(info.steps))
 
 
 def test_gradients_match_finite_differences():

@@ -25,7 +25,9 @@ OURS = [name for name in ALL if not name.startswith("jaxopt_")]
 
 def _settings(name):
     # Halpern's rate is O(1/k): a loose tolerance and many steps.
-    return dict(tol=1e-4, max_steps=100000) if name == "halpern" else dict(tol=1e-10, max_steps=5000)
+    if name == "halpern":
+        return dict(tol=1e-4, max_steps=100000)
+    return dict(tol=1e-10, max_steps=5000)
 
 
 def _solve(solver, fn, vam, z0, c, **kw):
@@ -128,3 +130,30 @@ def test_a_solver_that_needs_the_objective_refuses_a_problem_without_one():
 def test_unknown_solver_names_the_choices():
     with pytest.raises(optjax.ConfigError, match="unknown solver 'newton'.*safeguarded_anderson"):
         solvers.get("newton")
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_states_of_any_shape_are_solved_like_flat_ones(name):
+    """Feature maps (H, W, C) per sample: the same iterates as the flattened problem."""
+    _, _, c, fn, vam = dense_case(6, norm=0.9, batch=2)
+    solver = solvers.get(name)
+    kw = dict(tol=1e-4, max_steps=100000) if name == "halpern" else dict(tol=1e-9, max_steps=500)
+    flat = _solve(solver, fn, vam, jnp.zeros((2, 8)), c, **kw)
+    shaped_fn = lambda z, ci: fn(z.reshape(8), ci).reshape(2, 2, 2)  # noqa: E731
+
+    def shaped_vam(z, ci):
+        value, image = vam(z.reshape(8), ci)
+        return value, image.reshape(2, 2, 2)
+
+    shaped = _solve(solver, shaped_fn, shaped_vam, jnp.zeros((2, 2, 2, 2)), c, **kw)
+    assert shaped.point.shape == (2, 2, 2, 2) and shaped.image.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(np.asarray(shaped.steps), np.asarray(flat.steps))
+    np.testing.assert_allclose(shaped.point.reshape(2, 8), flat.point, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_empty_batch_gives_empty_results(name):
+    _, _, c, fn, vam = dense_case(7, batch=2)
+    out = solvers.get(name).solve_batch(fn, jnp.zeros((0, 8)), c[:0], tol=1e-6, max_steps=10,
+                                        value_and_map=vam)
+    assert out.point.shape == (0, 8) and out.steps.shape == (0,)

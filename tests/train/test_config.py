@@ -24,7 +24,7 @@ def test_unknown_keys_are_named():
 @pytest.mark.parametrize("key,value,match", [
     ("epochs", "3", r"epochs must be int, got '3'"),
     ("epochs", 2.5, r"epochs must be int"),
-    ("certify", 1, r"certify must be bool"),
+    ("certify", 1, r"certify must be bool or None"),
     ("learning_rate", True, r"learning_rate must be float"),
     ("data_dir", 3, r"data_dir must be str or None"),
     ("family", "resnet", r"family must be one of"),

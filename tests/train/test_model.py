@@ -16,8 +16,10 @@ def test_every_family_reports_per_sample_stats(family, kind):
     config = TrainConfig(family=family, kind=kind, width=4, max_steps=20, tol=1e-3)
     model = build_model(config, (8, 8, 1), 10)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 8, 1)), jnp.float32)
-    assert model(x).shape == (3, 10)
-    stats = solve_stats(model.info, 3)
+    model.eval()  # OptEq layers certify in evaluation mode (certify=None, the default)
+    logits, info = model(x, return_info=True)
+    assert logits.shape == (3, 10)
+    stats = solve_stats(info, 3)
     assert set(stats) == {"steps", "residual", "converged", "suboptimality_bound"}
     assert all(v.shape == (3,) for v in stats.values())
     values = {k: np.asarray(v) for k, v in stats.items()}
@@ -29,7 +31,7 @@ def test_every_family_reports_per_sample_stats(family, kind):
     assert certified == (family in ("opteq", "deep_opteq"))  # DEQ, monotone DEQ: +inf
     if family == "opteq":
         # the bound is the certificate's r^2 / (2 mu)
-        cert = model.info.certificate
+        cert = info.certificate
         np.testing.assert_allclose(stats["suboptimality_bound"],
                                    cert.residual**2 / (2 * cert.modulus), rtol=1e-5)
 
