@@ -54,26 +54,25 @@ def main(argv=None) -> int:
             model = build_matched(family, kind, shape, 10, args.params, rngs=nnx.Rngs(0),
                                   tol=args.tol, max_steps=args.max_steps,
                                   backward=optjax.backward.GMRES(max_steps=args.max_steps))
-            graphdef, state = nnx.split(model)
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
             @jax.jit
-            def forward(state, x):
-                m = nnx.merge(graphdef, state)
+            def forward(params, rest, x):
+                m = nnx.merge(graphdef, params, rest, copy=True)
                 return m(x, return_info=True)
 
             @jax.jit
-            def forward_backward(state, x, y):
-                def loss(state):
-                    m = nnx.merge(graphdef, state)
+            def forward_backward(params, rest, x, y):
+                def loss(params, rest):
+                    m = nnx.merge(graphdef, params, rest, copy=True)
                     return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-                return jax.grad(loss)(state)
+                return jax.grad(loss)(params, rest)
 
-            _, info = forward(state, x)
-            info = info._asdict() if hasattr(info, "_asdict") else info.__dict__
-            steps = np.asarray(info["steps"])
-            converged = np.asarray(info["converged"])
-            t_f = timeit(lambda s, x: forward(s, x)[0], state, x, reps=args.reps)
-            t_fb = timeit(forward_backward, state, x, y, reps=args.reps)
+            _, info = forward(params, rest, x)
+            steps = np.asarray(info.steps)
+            converged = np.asarray(info.converged)
+            t_f = timeit(lambda p, r, x: forward(p, r, x)[0], params, rest, x, reps=args.reps)
+            t_fb = timeit(forward_backward, params, rest, x, y, reps=args.reps)
             if reference is None:
                 reference = (t_f, t_fb)
             print(f"| {family} {kind} | {param_count(model)} | {steps.mean():.1f} / {steps.max()} | "

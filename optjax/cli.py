@@ -208,6 +208,13 @@ def _check_plots(config) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    from optjax._lapack import single_threaded
+
+    with single_threaded():  # LAPACK threads only contend with XLA's on a CPU (see _lapack)
+        return _run_command(argv)
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         _check_train_args(args)

@@ -1,4 +1,6 @@
-r"""A 2-D convolution as the weight ``W`` of a unit layer (a linear map, see :mod:`optjax.linear_map`).
+r"""2-D convolutions as linear maps (see :mod:`optjax.linear_map`): :class:`Conv2D`, the weight
+``W`` of a unit layer, and :class:`StridedConv2D`, a coupling between resolutions (its maths is
+in its docstring). Below, :class:`Conv2D`.
 
 For one sample :math:`z \in \mathbb{R}^{H \times W \times c_{in}}` and a kernel
 :math:`K \in \mathbb{R}^{k \times k \times c_{in} \times c_{out}}` (HWIO, :math:`k = 2p + 1` odd),
@@ -82,13 +84,32 @@ def _circular_norm(kernel: jax.Array, grid: tuple[int, int], stride: int = 1,
     # (gH, gW // 2 + 1, s^2 c_in, c_out): M_{-f}^T on half the spectrum, enough since
     # M_{-f} = conj(M_f) has the same singular values
     blocks = jnp.fft.rfft2(h, axes=(0, 1))
-    # ||M_f||^2 = the top eigenvalue of the smaller Gram matrix: eigvalsh of a Hermitian matrix
-    # is several times cheaper than an SVD on CPU, and so is its derivative
+    return _top_singular_value(blocks)
+
+
+def _one_by_one(fn, matrices: jax.Array) -> jax.Array:
+    """``fn`` on every matrix of a batch ``(..., m, n)``, one LAPACK call each (``lax.map``).
+
+    jaxlib 0.10's CPU kernels split a batched call over the intra-op thread pool and block
+    until it is done; two such calls running at once on a 2-thread pool (a 2-core machine)
+    deadlock: seen here with batched ``eigvalsh``, the process idle forever. One matrix per
+    call never splits."""
+    flat = matrices.reshape((-1,) + matrices.shape[-2:])
+    out = jax.lax.map(fn, flat)
+    return out.reshape(matrices.shape[:-2] + out.shape[1:])
+
+
+def _top_singular_value(blocks: jax.Array) -> jax.Array:
+    r""":math:`\max_f \|M_f\|_2` over a batch of (complex) matrices ``(..., m, n)``: the top
+    eigenvalue of the smaller Gram matrix, square-rooted (``eigvalsh`` is several times
+    cheaper than an SVD on CPU, and so is its derivative; the top eigenvalue is computed to
+    rounding relative to itself), one matrix per LAPACK call (see :func:`_one_by_one`)."""
     if blocks.shape[-1] <= blocks.shape[-2]:
         gram = jnp.einsum("...ji,...jk->...ik", jnp.conj(blocks), blocks, precision="highest")
     else:
         gram = jnp.einsum("...ij,...kj->...ik", blocks, jnp.conj(blocks), precision="highest")
-    return jnp.sqrt(jnp.maximum(jnp.max(jnp.linalg.eigvalsh(gram)), 0.0))
+    top = jnp.max(_one_by_one(lambda g: jnp.linalg.eigvalsh(g)[-1:], gram))
+    return jnp.sqrt(jnp.maximum(top, 0.0))
 
 
 def _check_spatial(spatial) -> tuple[int, int]:
@@ -128,20 +149,26 @@ def _check_sample(owner: str, name: str, x, want: tuple[int, ...]) -> None:
             f"{owner}.{name} expects one sample of shape {want} (H, W, channels), got {got}{hint}")
 
 
-def _correlate(x: jax.Array, kernel: jax.Array, pads, padding: str, stride: int) -> jax.Array:
-    """VALID cross-correlation of one ``(H, W, c)`` sample extended by ``pads`` (``((top,
-    bottom), (left, right))``) zeros or periodically, with window stride ``stride``."""
+def _conv(x: jax.Array, kernel: jax.Array, pads, stride: int = 1, dilation: int = 1) -> jax.Array:
+    """Cross-correlation of one ``(H, W, c)`` sample, zero ``pads`` ``((top, bottom), (left,
+    right))`` (negative: cropped), window stride ``stride``, the input dilated by ``dilation``
+    (``dilation - 1`` zeros between its pixels)."""
     dtype = jnp.result_type(x, kernel)
-    x = jnp.asarray(x, dtype)[None]
-    kernel = jnp.asarray(kernel, dtype)
-    if padding == "circular":
-        x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), mode="wrap")
-        pads = ((0, 0), (0, 0))
     out = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=tuple(pads), dimension_numbers=_DIMS,
+        jnp.asarray(x, dtype)[None], jnp.asarray(kernel, dtype), window_strides=(stride, stride),
+        padding=tuple(pads), lhs_dilation=(dilation, dilation), dimension_numbers=_DIMS,
         precision=jax.lax.Precision.HIGHEST,
     )
     return out[0]
+
+
+def _correlate(x: jax.Array, kernel: jax.Array, pads, padding: str, stride: int) -> jax.Array:
+    """VALID cross-correlation of one ``(H, W, c)`` sample extended by ``pads`` (``((top,
+    bottom), (left, right))``) zeros or periodically, with window stride ``stride``."""
+    if padding == "circular":
+        x = jnp.pad(x, tuple(pads) + ((0, 0),), mode="wrap")
+        pads = ((0, 0), (0, 0))
+    return _conv(x, kernel, pads, stride)
 
 
 def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
@@ -393,17 +420,20 @@ class StridedConv2D(_PowerIteration):
         return _correlate(z, self.kernel, ((p, after), (p, after)), self.padding, s)
 
     def transpose(self, y: jax.Array) -> jax.Array:
-        r""":math:`A^\top y` for one sample: ``(H/s, W/s, c_out) -> (H, W, c_in)``: ``y``
-        upsampled by zeros, then the stride-1 correlation with the adjoint kernel (class
-        docstring)."""
+        r""":math:`A^\top y` for one sample: ``(H/s, W/s, c_out) -> (H, W, c_in)``: the
+        transposed convolution (class docstring), with the upsampling done by the convolution's
+        input dilation. Circular: ``y`` is first extended periodically by whole coarse pixels,
+        enough to cover every index the correlation reads."""
         _check_sample("StridedConv2D", "transpose", y, self.out_shape)
         k, p, s = self.kernel_size, self.offset, self.stride
-        n1, n2, c = y.shape
-        # upsample: y[i, j] at (s i, s j), zeros elsewhere (a pad and a reshape, no scatter)
-        up = jnp.pad(y[:, None, :, None, :], ((0, 0), (0, s - 1), (0, 0), (0, s - 1), (0, 0)))
-        up = up.reshape(n1 * s, n2 * s, c)
-        return _correlate(up, _adjoint_kernel(self.kernel), ((k - 1 - p, p), (k - 1 - p, p)),
-                          self.padding, 1)
+        # the correlation reads the upsampled y at m + a' - (k - 1 - p), m < H, a' < k
+        left = -(-(k - 1 - p) // s) if self.padding == "circular" else 0  # coarse pixels
+        right = (s - 1 + p) // s if self.padding == "circular" else 0
+        if left or right:
+            y = jnp.pad(y, ((left, right), (left, right), (0, 0)), mode="wrap")
+        pads = tuple((k - 1 - p - s * left, n - 1 + p - s * (n // s + right - 1))
+                     for n in self.spatial)
+        return _conv(y, _adjoint_kernel(self.kernel), pads, dilation=s)
 
     # -- norms -------------------------------------------------------------------------------
     def spectral_norm(self) -> jax.Array:

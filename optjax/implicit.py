@@ -212,7 +212,11 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
     data_bar = jax.tree_util.tree_map(own, data_bar)
 
     if getattr(backward, "on_failure", "ignore") == "warn":
-        jax.debug.callback(_warn_backward, jnp.sum(ok & ~result.converged))
+        # The host callback runs only when a sample failed: a healthy training loop never
+        # leaves the device for it.
+        failed = jnp.sum(ok & ~result.converged)
+        jax.lax.cond(failed > 0, lambda n: jax.debug.callback(_warn_backward, n),
+                     lambda n: None, failed)
 
     dtype = probe.steps.dtype
     probe_bar = BackwardStats(

@@ -97,7 +97,10 @@ def cached_norm(weight) -> jax.Array:
     hit = _NORMS.get(key)
     if hit is not None and all(ref() is leaf for ref, leaf in zip(hit[0], leaves)):
         return hit[1]
-    norm = spectral_norm(weight)
+    from optjax._lapack import single_threaded
+
+    with single_threaded():
+        norm = jax.block_until_ready(spectral_norm(weight))
     try:
         refs = [weakref.ref(leaf, lambda _, k=key: _NORMS.pop(k, None)) for leaf in leaves]
     except TypeError:  # a leaf that cannot be weakly referenced (e.g. a numpy array): no cache

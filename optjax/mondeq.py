@@ -157,12 +157,14 @@ def resolvent(m: float, a, b, alpha) -> Resolvent:
         mat = (1 + alpha * m) * eye + alpha * (jnp.matmul(a.T, a, precision=hi) - b + b.T)
         return Resolvent(jnp.linalg.solve(mat, eye), jnp.linalg.norm(mat, 2))
     if form == "fft":
+        from optjax.convolution import _one_by_one, _top_singular_value
+
         ta, tb = a.transfer_matrices(), b.transfer_matrices()
         adj = lambda t: jnp.conj(jnp.swapaxes(t, -1, -2))  # noqa: E731
         eye = jnp.eye(ta.shape[-1], dtype=ta.dtype)
         mat = (1 + alpha * m) * eye + alpha * (jnp.matmul(adj(ta), ta, precision=hi) - tb + adj(tb))
-        norm = jnp.max(jnp.linalg.svd(mat, compute_uv=False)).astype(a.kernel.dtype)
-        return Resolvent(jnp.linalg.inv(mat), norm, a.spatial)
+        norm = _top_singular_value(mat).astype(a.kernel.dtype)
+        return Resolvent(_one_by_one(jnp.linalg.inv, mat), norm, a.spatial)
     raise ValueError(_NO_RESOLVENT.format(a=type(a).__name__, b=type(b).__name__))
 
 

@@ -375,7 +375,11 @@ class OptEqProblem(EquilibriumProblem):
         """A copy carrying ``weight_norm`` = the exact ``||W||`` (dense) or the map's certified
         bound, computed now: compute it once per value of W and reuse the problem across
         calls. Recompute it whenever W changes (a stale bound makes certificates false)."""
-        return dataclasses.replace(self, weight_norm=linear_map.spectral_norm(self.weight))
+        from optjax._lapack import single_threaded
+
+        with single_threaded():
+            norm = jax.block_until_ready(linear_map.spectral_norm(self.weight))
+        return dataclasses.replace(self, weight_norm=norm)
 
     def prepare(self, *, certify: bool) -> "OptEqProblem":
         if certify and self.weight_norm is None and _is_concrete(self.weight):

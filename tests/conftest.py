@@ -1,8 +1,12 @@
 """Test-wide settings: the maths is checked in float64 unless a test says otherwise."""
 
 import jax
+from threadpoolctl import threadpool_limits
 
 jax.config.update("jax_enable_x64", True)
+# One BLAS thread: the suite runs on 2 cores with 2 workers, where OpenBLAS's own threads made a
+# 256 x 256 eigvalsh take 800 ms instead of 4 (see optjax/_lapack.py).
+_BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
 
 
 def pytest_addoption(parser):

@@ -73,8 +73,6 @@ CLI = [
          ("solver must be one of fixed_point, anderson", "got 'newton'")),
     Case("unknown backward", ["train", "--backward", "lbfgs"],
          ("backward must be one of", "gmres", "got 'lbfgs'")),
-    Case("deep OptEq as a convolution", ["train", "--family", "deep_opteq", "--kind", "conv"],
-         ("dense only", "kind='dense'")),
     Case("negative crop", ["train", "--augment-crop", "-1"],
          ("augment_crop must be an integer >= 0",)),
     Case("crop as large as the image", ["train", "--augment-crop", "8"],

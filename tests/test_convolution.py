@@ -408,7 +408,10 @@ def test_strided_norm_is_jittable_and_differentiable():
     grad = jax.grad(lambda kern: StridedConv2D(kern, op.spatial, 2, "circular").spectral_norm())(
         op.kernel)
     h = 1e-6
-    norm = lambda kern: float(StridedConv2D(kern, op.spatial, 2, "circular").spectral_norm())  # noqa: E731
+
+    def norm(kern):
+        return float(StridedConv2D(kern, op.spatial, 2, "circular").spectral_norm())
+
     fd = (norm(op.kernel + h * direction) - norm(op.kernel - h * direction)) / (2 * h)
     np.testing.assert_allclose(float(jnp.vdot(grad, direction)), fd, rtol=1e-6)
 
@@ -433,9 +436,9 @@ def test_strided_init_and_bad_input_messages():
     with pytest.raises(TypeError, match="floating dtype"):
         StridedConv2D(jnp.zeros((3, 3, 1, 1), jnp.int32), (8, 8))
     op = StridedConv2D(k, (8, 6))
-    with pytest.raises(ValueError, match=r"apply expects one sample of shape \(8, 6, 2\).*got \(4, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"apply expects .* \(8, 6, 2\).*got \(4, 3, 2\)"):
         op.apply(jnp.zeros((4, 3, 2)))
-    with pytest.raises(ValueError, match=r"transpose expects one sample of shape \(4, 3, 2\).*use jax.vmap"):
+    with pytest.raises(ValueError, match=r"transpose expects .* \(4, 3, 2\).*use jax.vmap"):
         op.transpose(jnp.zeros((5, 4, 3, 2)))
     # a pytree: leaves replaced by placeholders do not trip the checks
     jax.tree_util.tree_map(lambda _: None, op)
@@ -456,3 +459,31 @@ def test_transfer_matrices_diagonalise_the_circular_convolution(shape):
     np.testing.assert_allclose(np.ravel(out), ref, atol=1e-12)
     with pytest.raises(ValueError, match="needs padding='circular'"):
         make_conv(120, *shape, "zeros").transfer_matrices()
+
+
+def _lapack_calls(fn, *args):
+    """The output types of every LAPACK-backed primitive (eigh, svd, lu) in ``fn``'s jaxpr,
+    nested loops included, e.g. ``["f64[6,6]", ...]``."""
+    import re
+
+    text = str(jax.make_jaxpr(fn)(*args))
+    return re.findall(r"\w+:(\w+\[[\d,]*\])[^=]*= (?:eigh|svd|lu)\[", text)
+
+
+def test_norms_take_one_matrix_per_lapack_call():
+    """jaxlib 0.10's batched CPU eigendecomposition splits its batch over the intra-op thread
+    pool and blocks on it: with two norms computed at once in one compiled function (a deep
+    chain's couplings), a 2-core machine deadlocked at random (the process idle for good, its
+    threads parked in the LAPACK kernel). The norms and the monDEQ resolvent therefore call
+    LAPACK one matrix at a time: no batched operand may appear."""
+    from optjax import mondeq
+
+    ops = [make_strided(130, 3, 2, 2, 3, 6, 6, "zeros"), make_conv(131, 3, 2, 3, 5, 4, "circular"),
+           make_conv(132, 3, 2, 2, 5, 4, "circular")]
+    calls = _lapack_calls(lambda ops: [op.spectral_norm() for op in ops], ops)
+    calls += _lapack_calls(jax.grad(lambda k: ops[0].__class__(k, (6, 6), 2).spectral_norm()),
+                           ops[0].kernel)
+    calls += _lapack_calls(lambda a: mondeq.resolvent(0.1, a, a, 1.0), ops[2])
+    assert len(calls) >= 4
+    for out in calls:
+        assert out.count(",") <= 1, f"a batched LAPACK call: output {out}"

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-import optjax
 from optjax import deep
 from optjax.convolution import Conv2D, StridedConv2D
 from tests.test_convolution import dense_reference, strided_reference
@@ -194,7 +193,10 @@ def test_implicit_gradients_match_central_finite_differences(sweep):
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))
     _, grad = value_and_grad(params)
-    flat = lambda t: np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(t)])  # noqa: E731
+
+    def flat(tree):
+        return np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(tree)])
+
     reference = flat(grad)
     assert np.linalg.norm(reference) > 1e-2
     h = 1e-5

@@ -103,7 +103,8 @@ def test_dense_resolvent_equals_a_dense_solve():
 def test_stopping_test_bounds_the_equilibrium_residual_at_any_point(kind):
     """||z - relu(Wz + c)|| <= ||y - PR(y)|| at z = relu(u), y = kappa u, for ANY u: the
     solver's test implies the equilibrium residual."""
-    base = _dense_problem(seed=7, scale=2.0) if kind == "dense" else _conv_problem(seed=7, scale=2.0)
+    make = _dense_problem if kind == "dense" else _conv_problem
+    base = make(seed=7, scale=2.0)
     _, _, w = _matrices(base)
     for alpha in (0.2, 1.0, 4.0):
         problem = dataclasses.replace(base, splitting="peaceman_rachford", step=jnp.asarray(alpha))
@@ -167,15 +168,20 @@ def test_gradients_match_central_finite_differences(kind):
     weights = (problem.weight_a, problem.weight_b)
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     _, (g_w, g_x) = value_and_grad(weights, x)
-    flat = lambda t: np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(t)])  # noqa: E731
+
+    def flat(tree):
+        return np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(tree)])
+
     assert np.linalg.norm(flat(g_w)) > 1e-3
     h = 1e-6
     for seed in range(2):
         rng = _rng(200 + seed)
         dw = jax.tree_util.tree_map(lambda v: jnp.asarray(rng.normal(size=v.shape)), weights)
         dx = jnp.asarray(rng.normal(size=x.shape))
-        shift = lambda t: (jax.tree_util.tree_map(lambda p, d: p + t * d, weights, dw),  # noqa: E731
-                           x + t * dx)
+
+        def shift(t):
+            return jax.tree_util.tree_map(lambda p, d: p + t * d, weights, dw), x + t * dx
+
         fd = (value_and_grad(*shift(h))[0] - value_and_grad(*shift(-h))[0]) / (2 * h)
         np.testing.assert_allclose(np.dot(flat(g_w), flat(dw)) + float(jnp.vdot(g_x, dx)), fd,
                                    rtol=1e-6)

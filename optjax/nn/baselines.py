@@ -161,6 +161,13 @@ def _row_normalised(v, gain, axes):
     return gain * v / jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
 
 
+def _check_splitting(owner, splitting):
+    from optjax.mondeq import SPLITTINGS
+
+    require(splitting in SPLITTINGS,
+            f"{owner}.splitting must be one of {', '.join(SPLITTINGS)}, got {splitting!r}")
+
+
 def _check_monotone_settings(owner, m, alpha, power_iterations):
     require(
         _positive_number(m),
@@ -359,6 +366,7 @@ class MonDEQDense(_Equilibrium):
         *,
         m: float = 0.05,
         alpha: float | None = None,
+        splitting: str = "peaceman_rachford",
         solver="fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
@@ -368,7 +376,9 @@ class MonDEQDense(_Equilibrium):
         rngs: nnx.Rngs,
     ):
         _check_monotone_settings(type(self).__name__, m, alpha, power_iterations)
+        _check_splitting(type(self).__name__, splitting)
         self._setup(solver, backward, tol, max_steps)
+        self.splitting = splitting
         self.in_features, self.features = int(in_features), int(features)
         self.m = float(m)
         self.alpha = None if alpha is None else float(alpha)
@@ -390,10 +400,13 @@ class MonDEQDense(_Equilibrium):
         return (1 - self.m) * jnp.eye(self.features, dtype=a.dtype) - a.T @ a + b - b.T
 
     def step_size(self) -> jax.Array:
-        """The splitting step :math:`\\alpha` (no gradient)."""
+        """The splitting step :math:`\\alpha` (no gradient): ``alpha`` when given, else 1 for
+        Peaceman--Rachford and ``m / ||I - W||^2`` for forward-backward."""
         a = self.weight_a[...]
         if self.alpha is not None:
             return jnp.asarray(self.alpha, a.dtype)
+        if self.splitting == "peaceman_rachford":
+            return jnp.asarray(1.0, a.dtype)
         return step_size(self.m, a, self.weight_b[...], (self.features,),
                          exact_max=_EXACT_NORM_MAX, iterations=self.power_iterations)
 
@@ -404,7 +417,7 @@ class MonDEQDense(_Equilibrium):
         dtype = self._dtype(x, a, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
         problem = MonDEQProblem(a.astype(dtype), b.astype(dtype), self.m,
-                                step=self.step_size().astype(dtype))
+                                step=self.step_size().astype(dtype), splitting=self.splitting)
         return _solve(self, problem, c, init, return_info)
 
 
@@ -431,6 +444,8 @@ class MonDEQConv(_Equilibrium):
         *,
         m: float = 0.05,
         alpha: float | None = None,
+        splitting: str = "peaceman_rachford",
+        padding: str | None = None,
         solver="fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
@@ -440,7 +455,18 @@ class MonDEQConv(_Equilibrium):
         rngs: nnx.Rngs,
     ):
         _check_monotone_settings(type(self).__name__, m, alpha, power_iterations)
+        _check_splitting(type(self).__name__, splitting)
+        if padding is None:  # Peaceman-Rachford's FFT resolvent needs circular convolutions
+            padding = "circular" if splitting == "peaceman_rachford" else "zeros"
+        if padding not in ("zeros", "circular"):
+            raise ConfigError(f"MonDEQConv.padding must be 'zeros' or 'circular', got {padding!r}")
+        if splitting == "peaceman_rachford" and padding != "circular":
+            raise ConfigError(
+                "MonDEQConv: splitting='peaceman_rachford' applies (I + alpha (I - W))^-1 by the "
+                "FFT, which needs padding='circular'; use that, or "
+                "splitting='forward_backward' with zero padding")
         self._setup(solver, backward, tol, max_steps)
+        self.splitting, self.padding = splitting, padding
         self.in_channels, self.channels = int(in_channels), int(channels)
         self.m = float(m)
         self.alpha = None if alpha is None else float(alpha)
@@ -459,7 +485,8 @@ class MonDEQConv(_Equilibrium):
         ka, kb = self.kernel_a[...], self.kernel_b[...]
         if dtype is not None:
             ka, kb = ka.astype(dtype), kb.astype(dtype)
-        return Conv2D(ka, tuple(spatial)), Conv2D(kb, tuple(spatial))
+        return (Conv2D(ka, tuple(spatial), self.padding),
+                Conv2D(kb, tuple(spatial), self.padding))
 
     def apply_weight(self, z: jax.Array) -> jax.Array:
         """:math:`Wz` for one ``(H, W, C)`` feature map."""
@@ -471,6 +498,8 @@ class MonDEQConv(_Equilibrium):
         """The splitting step :math:`\\alpha` for ``(H, W)`` feature maps (no gradient)."""
         if self.alpha is not None:
             return jnp.asarray(self.alpha, self.kernel_a[...].dtype)
+        if self.splitting == "peaceman_rachford":
+            return jnp.asarray(1.0, self.kernel_a[...].dtype)
         a, b = self._maps(spatial)
         return step_size(self.m, a, b, tuple(spatial) + (self.channels,),
                          iterations=self.power_iterations)
@@ -482,5 +511,6 @@ class MonDEQConv(_Equilibrium):
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
         c = c + self.bias[...].astype(dtype)
         a, b = self._maps(x.shape[1:3], dtype)
-        problem = MonDEQProblem(a, b, self.m, step=self.step_size(x.shape[1:3]).astype(dtype))
+        problem = MonDEQProblem(a, b, self.m, step=self.step_size(x.shape[1:3]).astype(dtype),
+                                splitting=self.splitting)
         return _solve(self, problem, c, init, return_info)

@@ -1,12 +1,23 @@
 """Image classifiers for each implicit family, built at a matched parameter count.
 
-``input (B, H, W, C) -> equilibrium layer (its input injection U is the stem: a dense map of the
-flattened image, or a convolution) -> 2 x 2 average pooling (convolutional layers) -> dense head``.
+Dense (``kind="dense"``): ``flattened image -> equilibrium layer (its input injection U x + b
+is the stem) -> dense head``.
+
+Convolutional (``kind="conv"``): ``image -> stem (a 3 x 3 convolution with 32 channels and
+relu; stride 2 for images of 16 pixels or more, e.g. 28 x 28 -> 14 x 14) -> equilibrium layer
+on the stem's grid (its injection a 3 x 3 convolution of the stem's output) -> average pooling
+to a quarter of the stem's grid -> head: dense to 32 units, relu, dense to the classes``. The
+multi-scale deep OptEq chain (:class:`DeepOptEqConv`) has two layers, on the stem's grid and on
+half of it (a stride-2 coupling), so its output needs no pooling. Why this shape: the
+equilibrium is where the compute goes (every step of the solver is one evaluation of the
+layer's map, forward and backward), so it runs at the stem's resolution, and a small hidden
+head holds the parameters a wider equilibrium would cost time for (see the training-step
+profile in benchmarks/RESULTS.md).
 
 Families: ``"opteq"`` (:class:`OptEqDense`, :class:`OptEqConv`), ``"deq"`` (unconstrained DEQ),
-``"mondeq"`` (monotone DEQ), ``"deep_opteq"`` (:class:`DeepOptEq`, dense only), and the
-reference ``"explicit"``: the equilibrium layer replaced by two explicit layers
-``relu(A2 relu(U x + b1) + b2)`` (dense: an MLP; conv: a plain two-convolution CNN). The same
+``"mondeq"`` (monotone DEQ, Peaceman--Rachford), ``"deep_opteq"`` (:class:`DeepOptEq`,
+:class:`DeepOptEqConv`), and the reference ``"explicit"``: the equilibrium layer replaced by two
+explicit layers ``relu(A2 relu(U x + b1) + b2)`` (dense: an MLP; conv: a plain CNN). The same
 stem, pooling and head for all, so differences come from the equilibrium layer.
 
 ``model(x, return_info=True)`` returns ``(logits, info)``, ``info`` the equilibrium layer's
@@ -24,7 +35,7 @@ from flax import nnx
 
 from optjax.config import ConfigError
 from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
-from optjax.nn.deep import DeepOptEq
+from optjax.nn.deep import DeepOptEq, DeepOptEqConv
 from optjax.nn.layers import OptEqConv, OptEqDense
 
 __all__ = ["FAMILIES", "IMPLICIT_FAMILIES", "ExplicitBlock", "ImplicitClassifier", "matched_width",
@@ -53,13 +64,23 @@ class ExplicitBlock(nnx.Module):
         return (out, None) if return_info else out
 
 
+STEM_CHANNELS = 32
+HEAD_UNITS = 32
+
+
+def _stem_stride(input_shape) -> int:
+    return 2 if min(input_shape[:2]) >= 16 else 1
+
+
 def _layer(family, kind, input_shape, width, rngs, options):
+    """The equilibrium layer (or the explicit block) and the grid of its output (conv)."""
     h, w, c = input_shape
     if family == "explicit":
         if options:
             raise ConfigError(
                 f"the explicit family has no solver options; got {', '.join(sorted(options))}")
-        return ExplicitBlock(kind, h * w * c if kind == "dense" else c, width, rngs=rngs)
+        in_size = h * w * c if kind == "dense" else STEM_CHANNELS
+        return ExplicitBlock(kind, in_size, width, rngs=rngs)
     if kind == "dense":
         d = h * w * c
         if family == "opteq":
@@ -69,13 +90,16 @@ def _layer(family, kind, input_shape, width, rngs, options):
         if family == "mondeq":
             return MonDEQDense(d, width, rngs=rngs, **options)
         return DeepOptEq(d, (width, width), rngs=rngs, **options)
+    grid = (h // _stem_stride(input_shape), w // _stem_stride(input_shape))
     if family == "opteq":
-        return OptEqConv(c, width, (h, w), rngs=rngs, **options)
+        return OptEqConv(STEM_CHANNELS, width, grid, rngs=rngs, **options)
     if family == "deq":
-        return DEQConv(c, width, rngs=rngs, **options)
+        return DEQConv(STEM_CHANNELS, width, rngs=rngs, **options)
     if family == "mondeq":
-        return MonDEQConv(c, width, rngs=rngs, **options)
-    raise ConfigError("the deep_opteq family is dense only; use kind='dense'")
+        return MonDEQConv(STEM_CHANNELS, width, rngs=rngs, **options)
+    if grid[0] % 2 or grid[1] % 2:
+        raise ConfigError(f"the deep_opteq conv chain halves the grid {grid}: it must be even")
+    return DeepOptEqConv(STEM_CHANNELS, (width, width), grid, (2,), rngs=rngs, **options)
 
 
 class ImplicitClassifier(nnx.Module):
@@ -101,9 +125,21 @@ class ImplicitClassifier(nnx.Module):
         if len(self.input_shape) != 3:
             raise ConfigError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
         self.layer = _layer(family, kind, self.input_shape, width, rngs, layer_options)
-        h, w, _ = self.input_shape
-        head_in = width if kind == "dense" else (h // 2) * (w // 2) * width
-        self.head = nnx.Linear(head_in, num_classes, rngs=rngs)
+        h, w, c = self.input_shape
+        if kind == "dense":
+            self.stem = None
+            self.pool = 1
+            self.head = nnx.Linear(width, num_classes, rngs=rngs)
+            self.hidden = None
+            return
+        stride = _stem_stride(self.input_shape)
+        self.stem = nnx.Conv(c, STEM_CHANNELS, (3, 3), strides=stride, padding="SAME",
+                             rngs=rngs)
+        grid = (h // stride, w // stride)
+        self.pool = 1 if family == "deep_opteq" else 2  # the chain's output is already halved
+        features = (grid[0] // 2) * (grid[1] // 2) * width
+        self.hidden = nnx.Linear(features, HEAD_UNITS, rngs=rngs)
+        self.head = nnx.Linear(HEAD_UNITS, num_classes, rngs=rngs)
 
     @property
     def stats(self):
@@ -118,10 +154,14 @@ class ImplicitClassifier(nnx.Module):
             )
         if self.kind == "dense":
             features, info = self.layer(x.reshape(x.shape[0], -1), return_info=True)
+            logits = self.head(features)
         else:
-            features, info = self.layer(x, return_info=True)
-            features = nnx.avg_pool(features, (2, 2), strides=(2, 2))
-        logits = self.head(features.reshape(x.shape[0], -1))
+            features, info = self.layer(nnx.relu(self.stem(x)), return_info=True)
+            if self.pool > 1:
+                features = nnx.avg_pool(features, (self.pool, self.pool),
+                                        strides=(self.pool, self.pool))
+            hidden = nnx.relu(self.hidden(features.reshape(x.shape[0], -1)))
+            logits = self.head(hidden)
         return (logits, info) if return_info else logits
 
 
@@ -131,9 +171,15 @@ def _count(family, kind, input_shape, num_classes, width, options):
     return param_count(abstract)
 
 
-def matched_width(family: str, kind: str, input_shape, num_classes: int, target: int,
-                  **layer_options) -> tuple[int, int]:
-    """The largest width whose classifier has at most ``target`` parameters, and that count."""
+def matched_width(family: str, kind: str, input_shape, num_classes: int, target: int, *,
+                  closest: bool = False, **layer_options) -> tuple[int, int]:
+    """The largest width whose classifier has at most ``target`` parameters, and that count;
+    with ``closest``, the width whose count is nearest to ``target`` (at most one width more)."""
+    if closest:
+        width, count = matched_width(family, kind, input_shape, num_classes, target,
+                                     **layer_options)
+        above = _count(family, kind, input_shape, num_classes, width + 1, layer_options)
+        return (width + 1, above) if above - target < target - count else (width, count)
     lo, hi = 1, 2
     while _count(family, kind, input_shape, num_classes, hi, layer_options) <= target:
         lo, hi = hi, hi * 2

@@ -30,10 +30,67 @@ from optjax import solvers as _solvers
 from optjax.config import ConfigError
 from optjax.nn._info import EquilibriumModule
 
-__all__ = ["DeepOptEq"]
+__all__ = ["DeepOptEq", "DeepOptEqConv"]
 
 
-class DeepOptEq(EquilibriumModule):
+class _DeepChain(EquilibriumModule):
+    """Settings, normalisation and the solve shared by the dense and convolutional chains;
+    subclasses hold the raw couplings and define :meth:`_raw_couplings` and the input."""
+
+    def _settings(self, num_layers, *, activation, rho, sweep, solver, tol, max_steps, backward):
+        if not (isinstance(rho, (int, float)) and 0.0 < rho <= 1.0):
+            raise ConfigError(
+                f"rho must be in (0, 1] so that ||A_(l-1)|| + ||A_l|| <= rho keeps the objective "
+                f"convex; got {rho!r}"
+            )
+        if sweep not in _deep.SWEEPS:
+            raise ConfigError(f"sweep must be one of {_deep.SWEEPS}, got {sweep!r}")
+        _solvers.get(solver)  # fail early on bad settings
+        if _backward.get(backward).requires_symmetric:
+            raise ConfigError(
+                f"backward={backward!r} needs a symmetric system, but the Jacobian of the deep "
+                "map is not symmetric; use backward='gmres' or 'fixed_point'")
+        if isinstance(activation, (str, _activations.Activation)):
+            activation = (activation,) * num_layers
+        acts = tuple(_deep._as_activation(a) for a in activation)
+        if len(acts) != num_layers:
+            raise ConfigError(f"got {len(acts)} activations for {num_layers} layers")
+        self.activations = acts
+        self.rho = float(rho)
+        self.sweep = sweep
+        self.solver = solver
+        self.tol = tol
+        self.max_steps = max_steps
+        self.backward = backward
+
+    def used_couplings(self) -> tuple:
+        """The normalised couplings ``A_l`` the solve uses."""
+        return self._normalized()[0]
+
+    def _normalized(self):
+        """The normalised couplings and their norms ``scale_l ||V_l||`` (for the certificate)."""
+        raw = self._raw_couplings()
+        if not raw:
+            return (), None
+        norms = _deep.coupling_norms(raw)
+        scales = _deep.normalization_scales(norms, self.rho)
+        couplings = tuple(jax.tree_util.tree_map(lambda a, k=k: a * k.astype(a.dtype), v)
+                          for v, k in zip(raw, scales))
+        return couplings, jax.lax.stop_gradient(scales * norms)
+
+    def _solve(self, problem, x, return_info):
+        states, info = _deep.equilibrium(
+            problem, x, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
+            backward=self.backward,
+        )
+        return self._finish(states, info, return_info)
+
+    def __call__(self, x: jax.Array, *, return_info: bool = False):
+        states, info = self.states(x, return_info=True)
+        return (states[-1], info) if return_info else states[-1]
+
+
+class DeepOptEq(_DeepChain):
     """A chain of ``L = len(layer_sizes)`` OptEq layers with feed-forward and feedback couplings.
 
     ``x (B, in_features) -> s_L (B, layer_sizes[-1])``, the last layer's equilibrium state; all
@@ -80,33 +137,10 @@ class DeepOptEq(EquilibriumModule):
             )
         if not (isinstance(in_features, int) and in_features > 0):
             raise ConfigError(f"in_features must be a positive int, got {in_features!r}")
-        if not (isinstance(rho, (int, float)) and 0.0 < rho <= 1.0):
-            raise ConfigError(
-                f"rho must be in (0, 1] so that ||A_(l-1)|| + ||A_l|| <= rho keeps the objective "
-                f"convex; got {rho!r}"
-            )
-        if sweep not in _deep.SWEEPS:
-            raise ConfigError(f"sweep must be one of {_deep.SWEEPS}, got {sweep!r}")
-        _solvers.get(solver)  # fail early on bad settings
-        if _backward.get(backward).requires_symmetric:
-            raise ConfigError(
-                f"backward={backward!r} needs a symmetric system, but the Jacobian of the deep "
-                "map is not symmetric; use backward='gmres' or 'fixed_point'")
-        if isinstance(activation, (str, _activations.Activation)):
-            activation = (activation,) * len(sizes)
-        acts = tuple(_deep._as_activation(a) for a in activation)
-        if len(acts) != len(sizes):
-            raise ConfigError(f"got {len(acts)} activations for {len(sizes)} layers")
-
+        self._settings(len(sizes), activation=activation, rho=rho, sweep=sweep, solver=solver,
+                       tol=tol, max_steps=max_steps, backward=backward)
         self.in_features = in_features
         self.layer_sizes = sizes
-        self.activations = acts
-        self.rho = float(rho)
-        self.sweep = sweep
-        self.solver = solver
-        self.tol = tol
-        self.max_steps = max_steps
-        self.backward = backward
 
         keys = jax.random.split(rngs.params(), len(sizes))
         self.input_weight = nnx.Param(
@@ -119,19 +153,8 @@ class DeepOptEq(EquilibriumModule):
         self.biases = nnx.List([nnx.Param(jnp.zeros((n,), param_dtype)) for n in sizes])
         self._init_stats()
 
-    def used_couplings(self) -> tuple[jax.Array, ...]:
-        """The normalised couplings ``A_l`` the solve uses."""
-        return self._normalized()[0]
-
-    def _normalized(self):
-        """The normalised couplings and their norms ``scale_l ||V_l||`` (for the certificate)."""
-        raw = tuple(a.get_value() for a in self.couplings)
-        if not raw:
-            return (), None
-        norms = _deep.coupling_norms(raw)
-        scales = _deep.normalization_scales(norms, self.rho)
-        couplings = tuple(v * k.astype(v.dtype) for v, k in zip(raw, scales))
-        return couplings, jax.lax.stop_gradient(scales * norms)
+    def _raw_couplings(self) -> tuple:
+        return tuple(a.get_value() for a in self.couplings)
 
     def problem(self) -> _deep.DeepProblem:
         """The :class:`optjax.deep.DeepProblem` this module solves."""
@@ -152,12 +175,103 @@ class DeepOptEq(EquilibriumModule):
             raise ValueError(
                 f"DeepOptEq expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
             )
-        states, info = _deep.equilibrium(
-            self.problem(), x, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
-            backward=self.backward,
-        )
-        return self._finish(states, info, return_info)
+        return self._solve(self.problem(), x, return_info)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
-        states, info = self.states(x, return_info=True)
-        return (states[-1], info) if return_info else states[-1]
+
+class DeepOptEqConv(_DeepChain):
+    """A convolutional, multi-scale deep OptEq chain: layer ``l`` is a ``(H_l, W_l, c_l)``
+    feature map, coupling ``A_l`` a ``kernel_size`` convolution from layer ``l`` to layer
+    ``l + 1`` with stride ``strides[l]`` (2: the next layer has half the resolution; a
+    :class:`optjax.convolution.StridedConv2D`), its adjoint the feedback. The input injection
+    ``U x + b_1`` is a convolution of the input (stride 1). The couplings are normalised by
+    their certified FFT norms (differentiable: the gradients are those of the normalised model),
+    which also certify every solve.
+
+    ``x (B, H, W, in_channels) -> s_L (B, H_L, W_L, channels[-1])``; :meth:`states` gives every
+    layer.
+
+    Args:
+      in_channels: channels of x.
+      channels: ``(c_1, ..., c_L)``.
+      spatial: ``(H, W)`` of x and of layer 1.
+      strides: one per coupling (default all 1); the grid must be divisible by them.
+      kernel_size: odd size of the couplings and of the injection.
+      other arguments as :class:`DeepOptEq`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        spatial: Sequence[int],
+        strides: Sequence[int] | None = None,
+        *,
+        kernel_size: int = 3,
+        activation="relu",
+        rho: float = 0.95,
+        sweep: str = "gauss_seidel",
+        solver="fixed_point",
+        tol: float = 1e-3,
+        max_steps: int = 50,
+        backward="fixed_point",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        chans = tuple(channels)
+        if not chans or not all(isinstance(c, int) and c > 0 for c in chans):
+            raise ConfigError(f"channels must be a non-empty sequence of positive ints, got "
+                              f"{channels!r}")
+        strides = (1,) * (len(chans) - 1) if strides is None else tuple(strides)
+        if len(strides) != len(chans) - 1 or not all(isinstance(t, int) and t >= 1
+                                                     for t in strides):
+            raise ConfigError(f"strides must hold one positive int per coupling "
+                              f"({len(chans) - 1}), got {strides!r}")
+        if not (isinstance(kernel_size, int) and kernel_size % 2 == 1):
+            raise ConfigError(f"kernel_size must be an odd int, got {kernel_size!r}")
+        grids = [tuple(int(n) for n in spatial)]
+        for t in strides:
+            if grids[-1][0] % t or grids[-1][1] % t:
+                raise ConfigError(f"the grid {grids[-1]} is not divisible by the stride {t}")
+            grids.append((grids[-1][0] // t, grids[-1][1] // t))
+        self._settings(len(chans), activation=activation, rho=rho, sweep=sweep, solver=solver,
+                       tol=tol, max_steps=max_steps, backward=backward)
+        self.in_channels, self.channels, self.strides = in_channels, chans, strides
+        self.grids = tuple(grids)
+        k = kernel_size
+        keys = jax.random.split(rngs.params(), len(chans))
+        self.injection = nnx.Conv(in_channels, chans[0], (k, k), padding="SAME",
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.couplings = nnx.List([
+            nnx.Param(jax.random.normal(key, (k, k, c_in, c_out), param_dtype)
+                      / jnp.sqrt(k * k * c_in))
+            for key, c_in, c_out in zip(keys[1:], chans[:-1], chans[1:])
+        ])
+        self.biases = nnx.List([nnx.Param(jnp.zeros((c,), param_dtype)) for c in chans[1:]])
+        self._init_stats()
+
+    def _raw_couplings(self) -> tuple:
+        from optjax.convolution import Conv2D, StridedConv2D
+
+        maps = []
+        for kernel, grid, t in zip(self.couplings, self.grids, self.strides):
+            kernel = kernel.get_value()
+            maps.append(Conv2D(kernel, grid) if t == 1 else StridedConv2D(kernel, grid, t))
+        return tuple(maps)
+
+    def problem(self) -> _deep.DeepProblem:
+        """The :class:`optjax.deep.DeepProblem` this module solves (``x`` is the injection)."""
+        couplings, norms = self._normalized()
+        zero = jnp.zeros((self.channels[0],), self.biases[0].get_value().dtype)
+        return _deep.DeepProblem(
+            couplings, None, (zero,) + tuple(b.get_value() for b in self.biases),
+            self.activations, sweep=self.sweep, coupling_norms=norms,
+            layer_shapes=tuple(g + (c,) for g, c in zip(self.grids, self.channels)),
+        )
+
+    def states(self, x: jax.Array, *, return_info: bool = False):
+        """Every layer's equilibrium state (and the SolveInfo if ``return_info``)."""
+        want = self.grids[0] + (self.in_channels,)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"DeepOptEqConv expects x of shape (batch,) + {want}; got "
+                             f"{tuple(x.shape)}")
+        return self._solve(self.problem(), self.injection(x), return_info)

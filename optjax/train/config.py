@@ -90,7 +90,7 @@ class TrainConfig(Config):
     anderson_ridge: float | None = None
     tol: float = 1e-3
     max_steps: int = 50
-    backward: str = "gmres"
+    backward: str = "auto"
     backward_steps: int = 30
     backward_tol: float | None = None
     certify: bool | None = None
@@ -124,8 +124,6 @@ class TrainConfig(Config):
                 f"{name}.family must be one of {', '.join(_FAMILIES)}, got {self.family!r}")
         require(self.kind in KINDS,
                 f"{name}.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        require(not (self.family == "deep_opteq" and self.kind == "conv"),
-                "family 'deep_opteq' is dense only: use kind='dense'")
         require(self.schedule in SCHEDULES,
                 f"{name}.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.backward in BACKWARD_CHOICES,

@@ -20,15 +20,16 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
     """The equilibrium layer's keyword options for the configured family."""
     if config.family == "explicit":
         return {}
-    if config.backward == "auto":
-        backward = "auto"
-    elif config.backward == "phantom":
+    mode = config.backward
+    if mode == "auto":  # the OptEq layer's system is symmetric positive definite (no prior)
+        mode = "cg" if config.family == "opteq" else "gmres"
+    if mode == "phantom":
         backward = _backward.get("phantom", steps=config.backward_steps)
     else:
         options = {"max_steps": config.backward_steps}
         if config.backward_tol is not None:
             options["tol"] = config.backward_tol
-        backward = _backward.get(config.backward, **options)
+        backward = _backward.get(mode, **options)
     options = dict(tol=config.tol, max_steps=config.max_steps, backward=backward)
     if config.solver is not None:
         options["solver"] = config.solver

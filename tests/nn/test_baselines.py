@@ -80,11 +80,19 @@ def _mon_dense_map(layer, x, z):
     return jax.nn.relu(z @ w.T + x @ layer.input_weight[...].T + layer.bias[...])
 
 
+def _circular_conv(z, kernel):
+    """Periodic 3x3 convolution, written independently: wrap-pad by one, then 'VALID'."""
+    padded = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
+    return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def _mon_conv_map(layer, x, z):
     ka, kb = layer.kernel_a[...], layer.kernel_b[...]
-    (a_adjoint,) = jax.linear_transpose(lambda v: conv2d(v, ka), z)(conv2d(z, ka))
-    (b_adjoint,) = jax.linear_transpose(lambda v: conv2d(v, kb), z)(z)
-    wz = (1 - layer.m) * z - a_adjoint + conv2d(z, kb) - b_adjoint
+    conv = conv2d if layer.padding == "zeros" else _circular_conv
+    (a_adjoint,) = jax.linear_transpose(lambda v: conv(v, ka), z)(conv(z, ka))
+    (b_adjoint,) = jax.linear_transpose(lambda v: conv(v, kb), z)(z)
+    wz = (1 - layer.m) * z - a_adjoint + conv(z, kb) - b_adjoint
     return jax.nn.relu(wz + conv2d(x, layer.input_kernel[...]) + layer.bias[...])
 
 
@@ -112,8 +120,13 @@ CASES = {
         _dense_input,
         _mon_dense_map,
     ),
-    "mon_conv": (
+    "mon_conv": (  # Peaceman-Rachford, FFT resolvent, circular padding (the default)
         lambda **kw: MonDEQConv(2, 3, rngs=nnx.Rngs(0), **kw),
+        _conv_input,
+        _mon_conv_map,
+    ),
+    "mon_conv_fb": (  # forward-backward splitting, zero padding
+        lambda **kw: MonDEQConv(2, 3, splitting="forward_backward", rngs=nnx.Rngs(0), **kw),
         _conv_input,
         _mon_conv_map,
     ),
@@ -304,7 +317,8 @@ def _scale_params(layer, factor):
 
 @pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
 def test_mondeq_is_strongly_monotone_and_step_size(conv):
-    layer = _mondeq(conv)
+    assert float(_mondeq(conv).step_size(*([(3, 4)] if conv else []))) == 1.0  # PR's default
+    layer = _mondeq(conv, splitting="forward_backward")
     spatial = (3, 4)
     for factor in (1.0, 30.0):
         _scale_params(layer, factor)
@@ -324,7 +338,7 @@ def test_mondeq_is_strongly_monotone_and_step_size(conv):
 
 
 def test_mondeq_wide_dense_step_size_by_power_iteration():
-    layer = MonDEQDense(2, 300, rngs=nnx.Rngs(0), **F64)  # wider than the exact-norm limit
+    layer = MonDEQDense(2, 300, splitting="forward_backward", rngs=nnx.Rngs(0), **F64)  # wider than the exact-norm limit
     exact = layer.m / jnp.linalg.norm(jnp.eye(300) - _mon_dense_matrix(layer), 2) ** 2
     alpha = float(layer.step_size())
     assert float(exact) <= alpha < 2 * float(exact)

@@ -74,8 +74,8 @@ def test_bad_family_kind_and_input_are_refused():
         ImplicitClassifier("resnet", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     with pytest.raises(optjax.ConfigError, match="no solver options"):
         ImplicitClassifier("explicit", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0), tol=1e-3)
-    with pytest.raises(optjax.ConfigError, match="dense only"):
-        ImplicitClassifier("deep_opteq", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(optjax.ConfigError, match="halves the grid .* must be even"):
+        ImplicitClassifier("deep_opteq", "conv", (7, 7, 1), 10, 8, rngs=nnx.Rngs(0))
     model = ImplicitClassifier("opteq", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expected images of shape \(batch,\) \+ \(8, 8, 1\)"):
         model(jnp.ones((2, 8, 8)))
