@@ -1,32 +1,38 @@
-"""Benchmark: OptEq, DEQ, monDEQ and an explicit network of the same size trained on
-Fashion-MNIST at matched parameter counts, with the same budget, side by side in one run.
+"""Benchmark: OptEq, deep OptEq, DEQ, monDEQ and an explicit network of about the same size
+trained on Fashion-MNIST with the same data, optimiser, schedule and augmentation.
 
-    .venv/bin/python benchmarks/fashion_mnist.py     # dense, full data, 10 epochs (~3 min here)
-    .venv/bin/python benchmarks/fashion_mnist.py --kind conv --train-subset 640 --test-subset 1000 --epochs 2
-    .venv/bin/python benchmarks/fashion_mnist.py --quick   # smoke run: 512 images, 1 epoch (~30 s)
+    .venv/bin/python benchmarks/fashion_mnist.py --kind conv            # full data, 10 epochs
+    .venv/bin/python benchmarks/fashion_mnist.py --kind conv --resume   # continue / add rows
+    .venv/bin/python benchmarks/fashion_mnist.py                        # dense (as recorded)
+    .venv/bin/python benchmarks/fashion_mnist.py --quick                # smoke run (~30 s)
 
-(the two runs recorded in RESULTS.md; the conv one took 23 minutes on 2 CPU cores, 20 of them
-monDEQ's.)
+Widths: ``--kind conv`` takes, per family, the width whose classifier's parameter count is
+closest to ``--target`` (default 100,000; :func:`optjax.nn.classifiers.matched_width` with
+``closest=True``); dense takes the largest width at most ``--target`` (120,000). The runs'
+:class:`TrainConfig` differ only in ``family``, ``width`` and ``seed``. The implicit families
+share the solver options (tol, forward cap, backward mode, cap and tolerance); each uses its own
+default forward solver (OptEq: safeguarded Anderson; deep OptEq: Gauss-Seidel sweeps; DEQ:
+Anderson with a relative ridge; monDEQ: Peaceman-Rachford with the FFT resolvent for conv).
+``--anderson-ridge`` overrides DEQ's ridge (the dense rows in RESULTS.md were measured with
+1e-2 on jaxopt's Anderson, which went NaN with an absolute ridge 1e-10).
 
-Each family's width is the largest whose classifier has at most ``--target`` parameters
-(:func:`optjax.nn.classifiers.matched_width`); the implicit families share the solver options
-(tol, forward step cap, backward mode and cap). The runs' :class:`TrainConfig` differ only in
-``family`` and ``width``: same data, epochs, batch, optimiser, schedule and seed. DEQ's
-Anderson solver is built with ``--anderson-ridge`` (default 1e-2) instead of optjax's 1e-10,
-which made DEQ training go NaN (``TrainConfig.anderson_ridge``): jaxopt's Anderson adds an
-absolute ridge to the Gram matrix of the last residuals and solves the bordered system in
-float32; when the history holds early residuals of norm ~30 (the injections reach norm ~400
-during training) next to residuals near tol, that system is singular at float32 precision and
-one sample's iterate comes out NaN. Measured on the dense DEQ, full data, lr 1e-2: NaN at step
-797 with ridge 1e-10, step 852 with 1e-6, step 2280 with 1e-4; 1e-2 trained all 10 epochs.
+Conv defaults (the settings of the recorded comparison): AdamW lr 3e-3, weight decay 1e-2,
+cosine schedule with 0.5 epochs of warm-up, gradient clip 1.0, batch 64, random crops of the
+image padded by 2 and horizontal flips, tol 1e-3, forward cap 50, backward tolerance 1e-2
+capped at 20 steps.
 
-Printed (and written to ``<out>/<kind>.json`` and ``<out>/<kind>.md``): family, width,
-parameters, test accuracy after the last epoch, median epoch time (epochs after the first,
-which includes compilation; the first epoch only when there is one), its ratio to OptEq's in
-this run, forward solver steps on the test set (mean / max), the share of test samples whose
-solve reached tol, and OptEq's largest certified bound ``F(z) - F* <= r^2 / 2 mu`` on the test
-set. Times are wall-clock on whatever machine runs this: compare the ratios, never absolute
-times across runs.
+Every finished run is written as a row to ``benchmarks/results/fashion_mnist_<kind>.json``
+(``--results``): ``family, kind, width, params, seed, epochs, train_size, test_size,
+test_accuracy`` (a fraction), ``epoch_seconds`` (median over epochs after the first, which
+includes compilation), ``forward_steps_mean`` / ``forward_steps_max`` and
+``converged_fraction`` on the test set, the training-set forward steps and converged share of
+the last epoch, OptEq's certified bound, and the configuration. Rows with the same family, seed,
+epochs and training size are replaced. With ``--resume`` a run that already has a row is
+skipped, and an interrupted run continues from its last checkpoint (bit-exact: the data order
+and augmentation depend only on (seed, step)). Also printed and written to
+``<out>/<kind>.md``: the table of this invocation's rows with each epoch time's ratio to
+OptEq's. Times are wall-clock on whatever machine runs this: compare ratios measured in one
+run, never absolute times across runs.
 """
 
 from __future__ import annotations
@@ -47,7 +53,15 @@ from optjax.train.config import TrainConfig
 from optjax.train.loop import train
 from optjax.train.model import layer_options
 
-FAMILIES = ("opteq", "deq", "mondeq", "explicit")
+FAMILIES = {"dense": ("opteq", "deq", "mondeq", "explicit"),
+            # the order of the issue: OptEq and the CNN first, then deep OptEq, then baselines
+            "conv": ("opteq", "explicit", "deep_opteq", "deq", "mondeq")}
+DEFAULTS = {  # per kind: target, learning rate, warm-up, crop, flip, backward tol / cap
+    "dense": dict(target=120000, learning_rate=1e-2, warmup_epochs=0.2, augment_crop=0,
+                  augment_flip=False, backward_tol=None, backward_steps=30, anderson_ridge=1e-2),
+    "conv": dict(target=100000, learning_rate=3e-3, warmup_epochs=0.5, augment_crop=2,
+                 augment_flip=True, backward_tol=1e-2, backward_steps=20, anderson_ridge=0.0),
+}
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
 
@@ -71,25 +85,36 @@ def _clean(value):
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("dense", "conv"), default="dense")
-    parser.add_argument("--target", type=int, default=120000, help="parameter budget per model")
+    parser.add_argument("--target", type=int, default=None,
+                        help="parameter budget per model (dense 120000, conv 100000)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=60000,
                         help="first n training images (60000: all)")
     parser.add_argument("--test-subset", type=int, default=None,
                         help="first n test images (default: all 10000)")
-    parser.add_argument("--families", default=",".join(FAMILIES),
-                        help="comma-separated, from opteq,deq,mondeq,deep_opteq,explicit")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated, from opteq,deq,mondeq,deep_opteq,explicit "
+                             "(default: dense opteq,deq,mondeq,explicit; conv "
+                             "opteq,explicit,deep_opteq,deq,mondeq)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--warmup-epochs", type=float, default=0.2)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--warmup-epochs", type=float, default=None)
+    parser.add_argument("--augment-crop", type=int, default=None)
+    parser.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-steps", type=int, default=50, help="forward solver step cap")
-    parser.add_argument("--backward", default="gmres")
-    parser.add_argument("--backward-steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--anderson-ridge", type=float, default=1e-2,
-                        help="ridge of the Anderson solver (DEQ's default forward solver); "
-                             "0: optjax's default 1e-10, which gives NaN in float32 (see the docstring)")
+    parser.add_argument("--backward", default=None,
+                        help="backward mode (default: dense gmres, conv auto = cg for OptEq, "
+                             "gmres for the others)")
+    parser.add_argument("--backward-steps", type=int, default=None)
+    parser.add_argument("--backward-tol", type=float, default=None)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--anderson-ridge", type=float, default=None,
+                        help="ridge of DEQ's Anderson solver; 0: the solver's default")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip runs that have a row, continue interrupted ones")
+    parser.add_argument("--results", default=None,
+                        help="rows file (default benchmarks/results/fashion_mnist_<kind>.json)")
     parser.add_argument("--out", default="benchmarks/out/fashion_mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true",
@@ -97,7 +122,17 @@ def parse(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.train_subset, args.test_subset, args.epochs = 512, 512, 1
-    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    for key, value in DEFAULTS[args.kind].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.backward is None:
+        args.backward = "gmres" if args.kind == "dense" else "auto"
+    families = args.families or ",".join(FAMILIES[args.kind])
+    args.families = [f.strip() for f in families.split(",") if f.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.results is None:
+        args.results = ("benchmarks/out/fashion_mnist_quick.json" if args.quick
+                        else f"benchmarks/results/fashion_mnist_{args.kind}.json")
     return args
 
 
@@ -107,19 +142,25 @@ def base_config(args) -> TrainConfig:
         dataset="fashion-mnist", data_dir=args.data_dir,
         train_subset=args.train_subset if args.train_subset < 60000 else None,
         test_subset=args.test_subset, kind=args.kind, tol=args.tol, max_steps=args.max_steps,
-        backward=args.backward, backward_steps=args.backward_steps, epochs=args.epochs,
+        backward=args.backward, backward_steps=args.backward_steps,
+        backward_tol=args.backward_tol, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_epochs=min(args.warmup_epochs, float(args.epochs)), seed=args.seed,
+        warmup_epochs=min(args.warmup_epochs, float(args.epochs)),
+        augment_crop=args.augment_crop, augment_flip=args.augment_flip,
         anderson_ridge=args.anderson_ridge or None, progress=False, plots=False)
 
 
-def run_family(base: TrainConfig, family: str, target: int, out: pathlib.Path) -> dict:
-    config = base.replace(family=family, out_dir=str(out / base.kind / family))
+def run_family(base: TrainConfig, family: str, seed: int, target: int, out: pathlib.Path,
+               resume: bool = False) -> dict:
+    config = base.replace(family=family, seed=seed,
+                          out_dir=str(out / base.kind / f"{family}_seed{seed}"))
     width, count = matched_width(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
-                                 **layer_options(config))
+                                 closest=base.kind == "conv", **layer_options(config))
     config = config.replace(width=width)
     t0 = time.perf_counter()
-    result = train(config, overwrite=True)
+    started = (config.out_path / "checkpoints").is_dir() and any(
+        (config.out_path / "checkpoints").iterdir())
+    result = train(config, resume=resume and started, overwrite=not (resume and started))
     wall = time.perf_counter() - t0
     if result.run.num_params != count:  # matched_width and the trained model must agree
         print(f"warning: {family}: matched_width counted {count} parameters, the trained model "
@@ -129,7 +170,9 @@ def run_family(base: TrainConfig, family: str, target: int, out: pathlib.Path) -
     later = times[1:] or times  # epoch 1 includes compilation
     report = result.report
     return {
-        "family": family, "width": width, "params": result.run.num_params,
+        "family": family, "kind": base.kind, "seed": seed, "epochs": base.epochs,
+        "train_size": base.train_subset or 60000, "test_size": report.num_samples,
+        "width": width, "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
         "epoch_times": times, "wall_time": wall,
@@ -138,7 +181,7 @@ def run_family(base: TrainConfig, family: str, target: int, out: pathlib.Path) -
         "bound_max": report.bound_max, "bound_median": report.bound_median,
         "train_steps_last_epoch": epochs[-1]["steps"],
         "train_converged_last_epoch": epochs[-1]["converged"],
-        "epochs": [{k: r[k] for k in ("epoch", "time", "loss", "accuracy", "steps", "steps_max",
+        "per_epoch": [{k: r[k] for k in ("epoch", "time", "loss", "accuracy", "steps", "steps_max",
                                       "converged", "test_loss", "test_accuracy", "test_steps",
                                       "test_converged")} for r in epochs],
     }
@@ -146,15 +189,15 @@ def run_family(base: TrainConfig, family: str, target: int, out: pathlib.Path) -
 
 def table(rows: list[dict]) -> str:
     reference = next((r["epoch_time"] for r in rows if r["family"] == "opteq"), None)
-    lines = [("| family | width | params | test acc | epoch time (s) | time / OptEq | "
+    lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
               "fwd steps test (mean / max) | converged (test) | OptEq bound max |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         implicit = r["family"] != "explicit"
         ratio = r["epoch_time"] / reference if reference else None
         steps = f"{r['test_steps_mean']:.1f} / {r['test_steps_max']:.0f}" if implicit else "-"
         lines.append(
-            f"| {r['family']} | {r['width']} | {r['params']:,} | {100 * r['test_accuracy']:.2f}% | "
+            f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | {100 * r['test_accuracy']:.2f}% | "
             f"{r['epoch_time']:.1f}{'*' if r['epoch_time_includes_compile'] else ''} | "
             f"{_fmt(ratio, '.2f')} | {steps} | "
             f"{_fmt(100 * r['test_converged'] if implicit else None, '.1f')}"
@@ -162,29 +205,71 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def result_row(r: dict, config: dict) -> dict:
+    """The committed row: the fields RESULTS.md and the issue name, then the details."""
+    return {
+        "family": r["family"], "kind": r["kind"], "width": r["width"], "params": r["params"],
+        "seed": r["seed"], "epochs": r["epochs"], "train_size": r["train_size"],
+        "test_size": r["test_size"], "test_accuracy": r["test_accuracy"],
+        "test_loss": r["test_loss"], "epoch_seconds": r["epoch_time"],
+        "epoch_seconds_all": r["epoch_times"], "forward_steps_mean": r["test_steps_mean"],
+        "forward_steps_max": r["test_steps_max"], "converged_fraction": r["test_converged"],
+        "train_forward_steps_last_epoch": r["train_steps_last_epoch"],
+        "train_converged_last_epoch": r["train_converged_last_epoch"],
+        "bound_max": r["bound_max"], "bound_median": r["bound_median"],
+        "per_epoch": r["per_epoch"], "config": config,
+    }
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("family", "kind", "seed", "epochs", "train_size"))
+
+
+def load_rows(path: pathlib.Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_row(path: pathlib.Path, row: dict) -> None:
+    rows = [r for r in load_rows(path) if not _same_run(r, row)] + [row]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(rows), indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     base = base_config(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = pathlib.Path(args.results)
     header = (
         f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.node()}); "
         f"fashion-mnist {args.kind}, {args.train_subset} train / {args.test_subset or 10000} test "
         f"images, {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.learning_rate:g} "
-        f"(warm-up {base.warmup_epochs:g} epochs, cosine), seed {args.seed}; <= {args.target:,} "
-        f"parameters; tol {args.tol:g}, forward cap {args.max_steps}, backward {args.backward} "
-        f"capped at {args.backward_steps}; forward solvers: each family's default"
+        f"(warm-up {base.warmup_epochs:g} epochs, cosine), augmentation crop {args.augment_crop} "
+        f"flip {args.augment_flip}; params {'closest to' if args.kind == 'conv' else '<='} "
+        f"{args.target:,}; tol {args.tol:g}, forward cap {args.max_steps}, backward "
+        f"{args.backward} tol {args.backward_tol} capped at {args.backward_steps}; forward "
+        f"solvers: each family's default"
         + (f" (Anderson ridge {args.anderson_ridge:g})" if args.anderson_ridge else ""))
     print(header, flush=True)
     t0 = time.perf_counter()
     rows = []
-    for family in args.families:
-        rows.append(run_family(base, family, args.target, out))
-        r = rows[-1]
-        print(f"[{family}] width {r['width']}, {r['params']:,} parameters: test accuracy "
-              f"{100 * r['test_accuracy']:.2f}%, epoch times "
-              f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s, wall {r['wall_time']:.0f} s",
-              flush=True)
+    for seed in args.seeds:
+        for family in args.families:
+            probe = {"family": family, "kind": args.kind, "seed": seed, "epochs": args.epochs,
+                     "train_size": args.train_subset}
+            done = [r for r in load_rows(results) if _same_run(r, probe)]
+            if args.resume and done:
+                print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)
+                continue
+            r = run_family(base, family, seed, args.target, out, resume=args.resume)
+            rows.append(r)
+            save_row(results, result_row(r, base.replace(family=family, seed=seed,
+                                                         width=r["width"]).to_dict()))
+            print(f"[{family} seed {seed}] width {r['width']}, {r['params']:,} parameters: test "
+                  f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "
+                  f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s, wall "
+                  f"{r['wall_time']:.0f} s; row written to {results}", flush=True)
     total = time.perf_counter() - t0
     text = table(rows)
     notes = (f"epoch time: median over epochs 2..{args.epochs} (epoch 1 includes compilation)"
@@ -198,7 +283,7 @@ def main(argv=None) -> int:
     (out / f"{args.kind}.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
     (out / f"{args.kind}.md").write_text(header + "\n\n" + text + f"\n\n{notes}; total wall "
                                          f"time {total:.0f} s\n")
-    print(f"written: {out / (args.kind + '.json')}, {out / (args.kind + '.md')}")
+    print(f"written: {results}, {out / (args.kind + '.json')}, {out / (args.kind + '.md')}")
     return 0
 
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from optjax import linear_map
-from optjax.problem import EquilibriumProblem, _array_like
+from optjax.problem import EquilibriumProblem, _array_like, injected_input_shape
 
 __all__ = ["DEQProblem"]
 
@@ -90,7 +90,7 @@ class DEQProblem(EquilibriumProblem):
 
     @property
     def input_shape(self):
-        return self.state_shape if self.input_weight is None else (int(self.input_weight.shape[1]),)
+        return injected_input_shape(self.input_weight, self.state_shape)
 
     @property
     def dtype(self):

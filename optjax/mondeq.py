@@ -86,7 +86,7 @@ import numpy as np
 from optjax import linear_map
 from optjax.config import ConfigError
 from optjax.problem import (Conditions, EquilibriumProblem, _array_like, _is_concrete,
-                            finite_tree)
+                            finite_tree, injected_input_shape)
 
 __all__ = ["MonDEQProblem", "SPLITTINGS", "Resolvent", "resolvent", "step_size", "lipschitz"]
 
@@ -309,7 +309,7 @@ class MonDEQProblem(EquilibriumProblem):
 
     @property
     def input_shape(self):
-        return self.state_shape if self.input_weight is None else (int(self.input_weight.shape[1]),)
+        return injected_input_shape(self.input_weight, self.state_shape)
 
     @property
     def dtype(self):

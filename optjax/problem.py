@@ -104,6 +104,12 @@ def _is_concrete(tree) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def injected_input_shape(input_weight, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-sample shape of x for an injection ``U x``: ``(p,)`` for a ``(d, p)`` matrix ``U``,
+    ``default`` (x injected as is) when there is none."""
+    return default if input_weight is None else (int(input_weight.shape[1]),)
+
+
 class EquilibriumProblem:
     """Base class of the problem types the engine solves; see the module docstring.
 
@@ -330,9 +336,7 @@ class OptEqProblem(EquilibriumProblem):
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Per-sample shape of x."""
-        if self.input_weight is None:
-            return self.injection_shape
-        return (self.input_weight.shape[1],)
+        return injected_input_shape(self.input_weight, self.injection_shape)
 
     @property
     def dtype(self):

@@ -1,8 +1,12 @@
-"""The main job (`make run`) and the benchmark script run end to end on small sizes."""
+"""The demo and the benchmark scripts run end to end on small sizes (the benchmark smoke runs
+are marked slow: they check the scripts, not the library; CI runs them)."""
 
+import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 from optjax import demo
 
@@ -18,6 +22,7 @@ def test_demo_checks_every_solver_against_the_independent_minimiser(capsys):
     assert "all equilibria agree" in out
 
 
+@pytest.mark.slow
 def test_benchmark_quick_run_prints_its_tables():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "unit_layer.py"), "--quick"],
@@ -28,6 +33,7 @@ def test_benchmark_quick_run_prints_its_tables():
         assert needle in out.stdout
 
 
+@pytest.mark.slow
 def test_families_benchmark_quick_run_prints_every_family():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "families.py"), "--quick"],
@@ -39,6 +45,7 @@ def test_families_benchmark_quick_run_prints_every_family():
         assert needle in out.stdout
 
 
+@pytest.mark.slow
 def test_accelerator_check_quick_run_prints_both_precisions():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick"],
@@ -48,3 +55,26 @@ def test_accelerator_check_quick_run_prints_both_precisions():
     for needle in ("float32 (None: highest)", "backend default", "residual floor",
                    "Training step"):
         assert needle in out.stdout
+
+
+@pytest.mark.slow
+def test_fashion_mnist_benchmark_quick_run_writes_its_rows(tmp_path):
+    if not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    results = tmp_path / "rows.json"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--kind", "conv",
+         "--quick", "--families", "opteq,explicit", "--results", str(results),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(results.read_text())
+    assert [r["family"] for r in rows] == ["opteq", "explicit"]
+    for row in rows:
+        for key in ("family", "kind", "params", "seed", "epochs", "train_size",
+                    "test_accuracy", "epoch_seconds", "forward_steps_mean", "converged_fraction"):
+            assert key in row
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    counts = [r["params"] for r in rows]
+    assert (max(counts) - min(counts)) / max(counts) < 0.02  # matched within 2%

@@ -2,7 +2,8 @@
 
 * :class:`OptEqDense`, :class:`OptEqConv`: unit OptEq layers with norm control, priors, Halpern
   anchors and mixed precision (:mod:`optjax.nn.layers`, :mod:`optjax.nn.spectral`);
-* :class:`DeepOptEq`: the layered chain of docs/maths.md, section 4 (:mod:`optjax.nn.deep`);
+* :class:`DeepOptEq`, :class:`DeepOptEqConv`: the layered chain of docs/maths.md, section 4,
+  with dense or convolutional (multi-scale: strided) couplings (:mod:`optjax.nn.deep`);
 * :class:`DEQDense`, :class:`DEQConv`, :class:`MonDEQDense`, :class:`MonDEQConv`: baselines in the
   same framework (:mod:`optjax.nn.baselines`);
 * :class:`ImplicitClassifier`, :func:`build_matched`: image classifiers at matched parameter
@@ -24,13 +25,14 @@ the same in both modes.
 from optjax.nn._info import SolveStat, SolveSummary
 from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
 from optjax.nn.classifiers import ImplicitClassifier, build_matched, matched_width
-from optjax.nn.deep import DeepOptEq
+from optjax.nn.deep import DeepOptEq, DeepOptEqConv
 from optjax.nn.layers import OptEqConv, OptEqDense
 
 __all__ = [
     "DEQConv",
     "DEQDense",
     "DeepOptEq",
+    "DeepOptEqConv",
     "ImplicitClassifier",
     "MonDEQConv",
     "MonDEQDense",

@@ -25,9 +25,13 @@ the backward solve defaults to GMRES.
 
 **monDEQ**: :math:`I - W = mI + A^\top A - (B - B^\top)` has symmetric part
 :math:`\succeq mI` (``m > 0``), so :math:`z \mapsto (I - W)z - c` is strongly monotone and the
-equilibrium exists and is unique for every input; see :mod:`optjax.mondeq` for the splitting
-that solves it and its certificate (a distance bound). ``W`` is not symmetric, so there is no
-objective and the backward solve defaults to GMRES.
+equilibrium exists and is unique for every input. It is solved by Peaceman--Rachford splitting
+with the exact resolvent :math:`(I + \alpha(I - W))^{-1}` (a dense inverse, or per-frequency
+inverses by the FFT for circular convolutions: ``MonDEQConv`` uses ``padding="circular"`` with
+it), as in the monDEQ paper; ``splitting="forward_backward"`` gives the safe-step
+forward-backward iteration (zero padding allowed). See :mod:`optjax.mondeq` for both, their
+steps and the certificate (a distance bound). ``W`` is not symmetric, so there is no objective
+and the backward solve defaults to GMRES.
 
 Every layer summarises its last call in ``layer.stats`` (fixed-size scalars that work under
 ``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and

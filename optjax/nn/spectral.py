@@ -10,9 +10,8 @@ only; ``certify=True``: every call) it computes the exact or certified norm of t
 (:func:`certified_norm`), which the certificate needs anyway, and rescales once more by
 :math:`\min(1, \rho / \|W\|)`, so the bound is exact; otherwise (training mode by default,
 ``certify=False`` always) it rests on the power iteration. Gradients flow through the power
-estimate (with the vector held fixed, as in spectral normalisation), not through the certified
-correction, which is 1 up to the estimate's error; at a converged vector the two have the same
-first derivative.
+estimate (with the vector held fixed, as in spectral normalisation) and through the certified
+correction, so they are the exact derivative of what the layer computes.
 """
 
 from __future__ import annotations

@@ -164,3 +164,27 @@ def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: in
         cond, body, (carry, residual, steps, jnp.asarray(0, jnp.int32))
     )
     return carry, residual, steps
+
+
+def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
+                    max_steps: int) -> "SolverRun":
+    """The loop of every one-evaluation-per-step iteration: ``z_{k+1} = update(z_k, S(z_k), k)``
+    (fixed point, relaxed, anchored), stopping per sample on ``||z_k - S(z_k)|| <= tol``.
+
+    Returns the last point with its image (so no evaluation is repeated for the residual):
+    ``evaluations = steps + 1``.
+    """
+    apply = batched(fn, data)
+
+    def step(carry, _, active, k):
+        z, image = carry
+        z_new = freeze(active, update(z, image, k), z)
+        image_new = freeze(active, apply(z_new), image)
+        return (z_new, image_new), batch_norms(z_new - image_new)
+
+    image0 = apply(z0)
+    (z, image), residual, steps = batch_loop(
+        step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+    )
+    return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
+                     residual=residual)

@@ -15,7 +15,7 @@ import dataclasses
 from typing import ClassVar
 
 from optjax.config import in_interval
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
+from optjax.solvers._base import Solver, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,18 +30,9 @@ class FixedPoint(Solver):
         in_interval("FixedPoint", "relaxation", self.relaxation, 0.0, 1.0)
 
     def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
-        apply = batched(fn, data)
         alpha = self.relaxation
 
-        def step(carry, _, active, k):
-            z, image = carry
-            z_new = freeze(active, z + alpha * (image - z) if alpha != 1.0 else image, z)
-            image_new = freeze(active, apply(z_new), image)
-            return (z_new, image_new), batch_norms(z_new - image_new)
+        def update(z, image, k):
+            return z + alpha * (image - z) if alpha != 1.0 else image
 
-        image0 = apply(z0)
-        (z, image), residual, steps = batch_loop(
-            step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
-        )
-        return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
-                         residual=residual)
+        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps)

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batch_norms, batched, freeze
+from optjax.solvers._base import Solver, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,19 +27,10 @@ class Halpern(Solver):
     uses_anchor: ClassVar[bool] = True
 
     def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
-        apply = batched(fn, data)
         u = jnp.zeros_like(z0) if anchor is None else anchor.astype(z0.dtype)
 
-        def step(carry, _, active, k):
-            z, image = carry
+        def update(z, image, k):
             beta = 1 / (k.astype(z.dtype) + 2)
-            z_new = freeze(active, image + beta * (u - image), z)
-            image_new = freeze(active, apply(z_new), image)
-            return (z_new, image_new), batch_norms(z_new - image_new)
+            return image + beta * (u - image)
 
-        image0 = apply(z0)
-        (z, image), residual, steps = batch_loop(
-            step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
-        )
-        return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
-                         residual=residual)
+        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from optjax.train import read_metrics
 
@@ -25,6 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes and a coordinator: ~40 s on 2 cores; CI runs it
 def test_two_processes_give_the_losses_of_one(tmp_path, capsys):
     address = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
