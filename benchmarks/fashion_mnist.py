@@ -115,6 +115,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="skip runs that have a row, continue interrupted ones")
     parser.add_argument("--results", default=None,
                         help="rows file (default benchmarks/results/fashion_mnist_<kind>.json)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: print the table of the rows in --results")
     parser.add_argument("--out", default="benchmarks/out/fashion_mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true",
@@ -235,8 +237,35 @@ def save_row(path: pathlib.Path, row: dict) -> None:
     path.write_text(json.dumps(_clean(rows), indent=1) + "\n")
 
 
+def report(rows: list[dict]) -> str:
+    """The committed rows as a table; time ratios to OptEq of the same seed."""
+    opteq = {r["seed"]: r["epoch_seconds"] for r in rows if r["family"] == "opteq"}
+    lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
+              "fwd steps test (mean / max) | converged (test) | converged (train, last "
+              "epoch) | OptEq bound max |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        implicit = r["family"] != "explicit"
+        ratio = r["epoch_seconds"] / opteq[r["seed"]] if r["seed"] in opteq else None
+        steps = (f"{r['forward_steps_mean']:.1f} / {r['forward_steps_max']:.0f}"
+                 if implicit else "-")
+        train_conv = r.get("train_converged_last_epoch")
+        lines.append(
+            f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | "
+            f"{100 * r['test_accuracy']:.2f}% | {r['epoch_seconds']:.0f} | {_fmt(ratio, '.2f')} | "
+            f"{steps} | {_fmt(100 * r['converged_fraction'] if implicit else None, '.1f')}"
+            f"{'%' if implicit else ''} | "
+            f"{_fmt(100 * train_conv if implicit and train_conv is not None else None, '.1f')}"
+            f"{'%' if implicit and train_conv is not None else ''} | "
+            f"{_fmt(r['bound_max'], '.2e')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.report:
+        print(report(load_rows(pathlib.Path(args.results))))
+        return 0
     base = base_config(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -196,7 +196,8 @@ class DeepOptEqConv(_DeepChain):
       spatial: ``(H, W)`` of x and of layer 1.
       strides: one per coupling (default all 1); the grid must be divisible by them.
       kernel_size: odd size of the couplings and of the injection.
-      other arguments as :class:`DeepOptEq`.
+
+    The other arguments are those of :class:`DeepOptEq`.
     """
 
     def __init__(
