@@ -5,6 +5,11 @@ train at CPU speed, side by side in one run.
     .venv/bin/python benchmarks/train_step_profile.py --design opteq14_certified
     .venv/bin/python benchmarks/train_step_profile.py --table          # every design, one table
     .venv/bin/python benchmarks/train_step_profile.py --train deep14_7_certified --epochs 1
+    .venv/bin/python benchmarks/train_step_profile.py --table dense_before,dense_after
+
+``dense_before`` / ``dense_after`` are the dense OptEq classifier of the Fashion-MNIST dense
+comparison (W of 138 x 69 on a dense injection of the flattened image) with the landed and the
+current training defaults.
 
 A design is ``image -> stem (plain strided convolutions, relu) -> injection (a linear
 convolution) -> equilibrium -> average pooling -> dense head``, built from the core only:
@@ -55,7 +60,7 @@ import optax
 
 import optjax
 from optjax import backward as _backward
-from optjax import deep
+from optjax import deep, linear_map
 from optjax._lapack import single_threaded
 from optjax.convolution import Conv2D, StridedConv2D
 
@@ -96,6 +101,7 @@ class Design:
     norm: str = "power"
     sweep: str = "gauss_seidel"
     rho: float = 0.95
+    dense: bool = False  # OptEqDense on the flattened image: channels = (features, hidden)
     note: str = ""
 
     @property
@@ -109,6 +115,10 @@ class Design:
 
 
 _CG = dict(backward="cg", backward_tol=1e-2, backward_steps=20)
+# dense OptEq as in the Fashion-MNIST dense benchmark (width 69, hidden 138): as landed
+# (Nesterov, GMRES capped at 30, the exact norm every step) and with this work's defaults
+# (safeguarded Anderson, CG, the power-iteration norm in training)
+_DENSE = dict(dense=True, pool=1, channels=(69, 138))
 _FP = dict(solver="fixed_point", backward="fixed_point", backward_tol=1e-2, backward_steps=30)
 _STEM = ((3, 32, 2),)  # 28x28x1 -> 14x14x32
 DESIGNS = {d.name: d for d in (
@@ -140,6 +150,10 @@ DESIGNS = {d.name: d for d in (
            sweep="jacobi", **_FP),
     Design("deep14_7_2", "deep", (32, 64), stem=_STEM, strides=(2,), pool=1, **_FP,
            note="two layers: 14x14x32 -> 7x7x64"),
+    Design("dense_before", "opteq", **_DENSE, norm="certified_at_norm",
+           note="dense OptEq (118,552 parameters) with the landed training defaults"),
+    Design("dense_after", "opteq", **_DENSE, solver="safeguarded_anderson", **_CG,
+           note="dense OptEq with this work's training defaults"),
 )}
 
 
@@ -161,6 +175,15 @@ def init(design: Design, key):
         params["stem"].append({"kernel": _conv_init(next(keys), k, c_in, ch),
                                "bias": jnp.zeros((ch,), jnp.float32)})
         c_in = ch
+    if design.dense:
+        d, hidden = design.channels
+        n_in = int(np.prod(INPUT_SHAPE))
+        params["eq"] = {"weight": jax.random.normal(next(keys), (hidden, d)) / math.sqrt(d)}
+        params["injection"] = {"kernel": jax.random.normal(next(keys), (n_in, hidden))
+                               / math.sqrt(n_in), "bias": jnp.zeros((hidden,), jnp.float32)}
+        params["head"] = [{"w": jax.random.normal(next(keys), (d, NUM_CLASSES)) / math.sqrt(d),
+                           "b": jnp.zeros((NUM_CLASSES,))}]
+        return params, {"v": [_unit(jax.random.normal(next(keys), (d,)))]}
     h, w = design.spatial
     if design.family == "opteq":
         c, hidden = design.channels
@@ -203,6 +226,9 @@ def _conv(x, kernel, stride):
 
 def stem(design, params, x):
     """The injection ``U x + b`` (stem convolutions with relu, then the linear injection)."""
+    if design.dense:
+        p = params["injection"]
+        return x.reshape(x.shape[0], -1) @ p["kernel"] + p["bias"]
     for (k, ch, s), p in zip(design.stem, params["stem"]):
         x = jax.nn.relu(_conv(x, p["kernel"], s) + p["bias"])
     p = params["injection"]
@@ -231,6 +257,17 @@ def _power(op, v):
 
 def problem_of(design, params, state):
     """``(problem, new_state)``: the equilibrium problem with normalised weights."""
+    if design.dense:
+        raw = params["eq"]["weight"]
+        frozen = jax.lax.stop_gradient(raw)
+        v = jax.lax.stop_gradient(_unit(frozen.T @ (frozen @ state["v"][0])))
+        weight = raw * jnp.minimum(1.0, design.rho / jnp.sqrt(jnp.sum((raw @ v) ** 2)))
+        norm = None
+        if design.norm.startswith("certified"):  # the exact norm, as landed: no gradient
+            norm = jax.lax.stop_gradient(jnp.linalg.norm(weight, 2))
+            weight = weight * jnp.minimum(1.0, design.rho / norm)
+            norm = jnp.minimum(norm, design.rho)
+        return optjax.OptEqProblem(weight, "relu", weight_norm=norm), {"v": [v]}
     h, w = design.spatial
     if design.family == "opteq":
         raw = Conv2D(params["eq"]["kernel"], (h, w))
@@ -394,7 +431,7 @@ def profile(design, data, *, warm_steps, reps, seed=0):
         (params, state)
     if design.norm.startswith("certified"):
         if design.family == "opteq":
-            parts["certified norm"] = jax.jit(lambda w: w.spectral_norm()), (problem.weight,)
+            parts["certified norm"] = jax.jit(linear_map.spectral_norm), (problem.weight,)
         else:
             parts["certified norms"] = jax.jit(deep.coupling_norms), (problem.couplings,)
         conditions = problem.conditions(certify=True)
@@ -450,7 +487,8 @@ def profile(design, data, *, warm_steps, reps, seed=0):
 def print_profile(result):
     d = result["design"]
     print(f"\n### {d.name}: {d.note or d.family}\n")
-    print(f"{result['params']:,} parameters; equilibrium grid {d.spatial}, channels "
+    print(f"{result['params']:,} parameters; equilibrium "
+          f"{'dense' if d.dense else 'grid ' + str(d.spatial)}, channels "
           f"{d.channels}; solver {d.solver} tol {d.tol:g} (cap {d.max_steps}); backward "
           f"{d.backward} tol {d.backward_tol or 'default'} (cap {d.backward_steps}); norm {d.norm}")
     print(f"forward steps (mean / max): {_stats(result['forward_steps'])}; backward steps: "
@@ -486,14 +524,15 @@ def table(names, data, *, warm_steps, reps):
             run["carry"] = tuple(carry)
             run["fwd"].append(np.asarray(metrics["forward_steps"]))
             run["bwd"].append(np.asarray(metrics["backward_steps"]))
-    base = 1e3 * statistics.median(runs["current"]["times"]) if "current" in runs else None
-    print("\n| design | params | ms/step | / current | fwd steps (mean / max) | "
+    first = "current" if "current" in runs else next(iter(runs))  # the ratios' reference
+    base = 1e3 * statistics.median(runs[first]["times"])
+    print(f"\n| design | params | ms/step | / {first} | fwd steps (mean / max) | "
           "bwd steps (mean / max) | epoch (937 steps) |")
     print("|---|---|---|---|---|---|---|")
     for name, run in runs.items():
         ms = 1e3 * statistics.median(run["times"])
         ratio = f"{ms / base:.2f}" if base else "-"
-        print(f"| {name} | {run['count']:,} | {ms:.0f} | {ratio} | "
+        print(f"| {name} | {run['count']:,} | {ms:.{1 if ms < 10 else 0}f} | {ratio} | "
               f"{_stats(np.concatenate(run['fwd']))} | {_stats(np.concatenate(run['bwd']))} | "
               f"{ms * STEPS_PER_EPOCH / 6e4:.1f} min |")
 
