@@ -163,6 +163,7 @@ def test_thousands_of_float32_solves_on_drifting_deq_weights_stay_finite():
     assert float(jnp.mean(converged)) > 0.5  # most solves converge; none blows up
 
 
+@pytest.mark.slow  # 3000 training steps: ~40 s on 2 cores; CI runs it
 def test_deq_training_on_digits_stays_finite():
     """3000 Adam steps of a DEQ classifier (public API, Anderson forward, float32) on the digits:
     the loss stays finite all along and the model learns. (About 20 s on 2 CPU cores.)"""
