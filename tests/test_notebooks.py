@@ -2,9 +2,9 @@
 mathematical claims it makes, so a broken claim fails here with the failing cell and its
 traceback.
 
-* Default suite: every notebook in its fast mode (``OPTJAX_FAST=1``: smaller problems, fewer
-  steps).
-* Slow (``--run-slow``; ``make docs`` and ``.ci/run`` run it): every notebook at full size. When
+* Default suite: every notebook is stored without outputs.
+* Slow (``--run-slow``; ``.ci/run`` runs both, ``make docs`` the full size): every notebook in
+  its fast mode (``OPTJAX_FAST=1``: smaller problems, fewer steps), and at full size. When
   ``OPTJAX_NOTEBOOK_OUTPUT`` names a directory, each notebook that passed is written there with
   its outputs; the documentation renders those copies (docs/conf.py), so the docs show the run
   that checked the claims and nothing is executed twice.
@@ -78,6 +78,7 @@ def test_notebook_is_stored_without_outputs(path):
             )
 
 
+@pytest.mark.slow  # ~60 s of the default suite's budget; the full-size runs check the same cells
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_fast_mode(path, monkeypatch):
     execute(path, monkeypatch, fast=True, cell_timeout=300)
