@@ -22,39 +22,35 @@ def test_demo_checks_every_solver_against_the_independent_minimiser(capsys):
     assert "all equilibria agree" in out
 
 
+def _script(name, *args, timeout=300):
+    """Run ``benchmarks/<name>`` with ``args``; its stdout, after checking it exited with 0."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.slow
 def test_benchmark_quick_run_prints_its_tables():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "unit_layer.py"), "--quick"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    stdout = _script("unit_layer.py", "--quick")
     for needle in ("forward solver", "jaxopt.FixedPointIteration", "unrolled loop", "backward mode"):
-        assert needle in out.stdout
+        assert needle in stdout
 
 
 @pytest.mark.slow
 def test_families_benchmark_quick_run_prints_every_family():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "families.py"), "--quick"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    stdout = _script("families.py", "--quick")
     for needle in ("opteq dense", "deq dense", "mondeq dense", "deep_opteq dense", "opteq conv",
                    "deq conv", "mondeq conv"):
-        assert needle in out.stdout
+        assert needle in stdout
 
 
 @pytest.mark.slow
 def test_accelerator_check_quick_run_prints_both_precisions():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    stdout = _script("accelerator_check.py", "--quick")
     for needle in ("float32 (None: highest)", "backend default", "residual floor",
                    "Training step"):
-        assert needle in out.stdout
+        assert needle in stdout
 
 
 @pytest.mark.slow
@@ -62,13 +58,8 @@ def test_fashion_mnist_benchmark_quick_run_writes_its_rows(tmp_path):
     if not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     results = tmp_path / "rows.json"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--kind", "conv",
-         "--quick", "--families", "opteq,explicit", "--results", str(results),
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
+    _script("fashion_mnist.py", "--kind", "conv", "--quick", "--families", "opteq,explicit",
+            "--results", str(results), "--out", str(tmp_path / "out"), timeout=600)
     rows = json.loads(results.read_text())
     assert [r["family"] for r in rows] == ["opteq", "explicit"]
     for row in rows:
