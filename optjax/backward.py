@@ -9,7 +9,8 @@ Without a prior :math:`J = W^\top D W` (:math:`D = \operatorname{diag}\sigma'`) 
 with eigenvalues in :math:`[0, s_\sigma\|W\|^2]`, so :math:`I - J` is symmetric positive definite
 and conjugate gradients converge fast with a certified residual. With a prior :math:`J = P\,
 W^\top D W` (:math:`P` the prox's Jacobian) is not symmetric (unless :math:`P` is a multiple of
-the identity): use GMRES or fixed-point iteration. The phantom gradient replaces :math:`v` by a
+the identity): use GMRES or fixed-point iteration. A monDEQ solved by Peaceman--Rachford
+solves its backward system with the same splitting (:class:`Splitting`). The phantom gradient replaces :math:`v` by a
 ``k``-step damped Neumann sum; it is what differentiating ``k`` damped steps
 :math:`z \leftarrow (1 - \lambda) z + \lambda S(z)` started at :math:`z^\star` gives, and stays
 defined when :math:`I - J` is singular (non-unique equilibria, e.g. Halpern with
@@ -36,7 +37,8 @@ from optjax import linear_solve
 from optjax.config import ConfigError, in_interval, positive_int, require
 from optjax.config import Config
 
-__all__ = ["Backward", "FixedPointBackward", "ConjugateGradient", "GMRES", "Phantom", "get"]
+__all__ = ["Backward", "FixedPointBackward", "ConjugateGradient", "GMRES", "Splitting", "Phantom",
+           "get"]
 
 
 def default_tol(dtype) -> float:
@@ -49,6 +51,7 @@ class Backward(Config):
 
     name: ClassVar[str] = "backward"
     requires_symmetric: ClassVar[bool] = False
+    requires_splitting: ClassVar[bool] = False
 
     def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         """Solve (I - A) v = g for one sample, A = J^T given as a function."""
@@ -136,6 +139,29 @@ class GMRES(_Iterative):
 
 
 @dataclasses.dataclass(frozen=True)
+class Splitting(_Iterative):
+    r"""The forward's operator splitting run on the backward system, for maps that offer one
+    (``problem.adjoint_splitting``: a monDEQ solved with Peaceman--Rachford, whose backward
+    system is again a strongly monotone inclusion with the transposed resolvent; see
+    :mod:`optjax.mondeq`). A step costs one resolvent and no product with :math:`J^\top`; the
+    stopping test is the map's bound on the system's residual, and the returned residual is
+    exact (two products with :math:`J^\top` after the loop)."""
+
+    name: ClassVar[str] = "splitting"
+    requires_splitting: ClassVar[bool] = True
+
+    def solve(self, apply_a, g):
+        raise ConfigError("backward='splitting' needs the map's adjoint splitting; it is run by "
+                          "the engine (optjax.equilibrium) for problems that have one")
+
+    def solve_split(self, adjoint, apply_a, g):
+        """Solve (I - A) v = g with ``adjoint`` (the map's ``adjoint_splitting`` at z*)."""
+        return linear_solve.splitting(
+            lambda u: adjoint.step(u, g), lambda u: adjoint.solution(u, g), apply_a, g,
+            scale=adjoint.scale, tol=self._abs_tol(g), max_steps=self.max_steps)
+
+
+@dataclasses.dataclass(frozen=True)
 class Phantom(Backward):
     r"""``steps``-step phantom gradient with damping :math:`\lambda`:
     :math:`v = \lambda \sum_{i<k} ((1-\lambda) I + \lambda A)^i g`. Inexact by design; its stats
@@ -167,7 +193,8 @@ class Phantom(Backward):
         )
 
 
-BACKWARDS = {cls.name: cls for cls in (FixedPointBackward, ConjugateGradient, GMRES, Phantom)}
+BACKWARDS = {cls.name: cls for cls in (FixedPointBackward, ConjugateGradient, GMRES, Splitting,
+                                        Phantom)}
 
 
 def get(backward, **options) -> Backward:

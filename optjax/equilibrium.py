@@ -75,8 +75,13 @@ def _batched(name, value, batch, shape, dtype):
 def _resolve_backward(problem: EquilibriumProblem, backward, options) -> _backward.Backward:
     symmetric = problem.symmetric_jacobian
     if backward == "auto":
-        backward = "cg" if symmetric else "gmres"
+        backward = problem.auto_backward
     mode = _backward.get(backward, **(options or {}))
+    if mode.requires_splitting and not problem.adjoint_splitting:
+        raise ConfigError(
+            f"backward={mode.name!r} runs the map's own splitting on the backward system, which "
+            f"this {problem.kind} problem does not have (a monDEQ solved with "
+            "splitting='peaceman_rachford' has it); use backward='gmres', 'cg' or 'fixed_point'")
     if mode.requires_symmetric and not symmetric:
         raise ConfigError(
             f"backward={mode.name!r} needs a symmetric system, but I - J is not symmetric for "
@@ -122,8 +127,10 @@ def equilibrium(
         fewest evaluations of T in benchmarks/RESULTS.md; ``"anderson"`` for DEQ).
       tol: per-sample tolerance on the residual ||z - S(z)|| (absolute, l2), a Python number.
       max_steps: iteration cap per sample.
-      backward: ``"auto"`` (conjugate gradients when I - J is symmetric, else GMRES), ``"cg"``,
-        ``"gmres"``, ``"fixed_point"``, ``"phantom"``, or a :mod:`optjax.backward` instance.
+      backward: ``"auto"`` (the map's own splitting where it has one, i.e. a Peaceman--Rachford
+        monDEQ; else conjugate gradients when I - J is symmetric, else GMRES), ``"cg"``,
+        ``"gmres"``, ``"fixed_point"``, ``"splitting"``, ``"phantom"``, or a
+        :mod:`optjax.backward` instance.
       solver_options, backward_options: options for a solver or mode given by name; unknown
         names are rejected.
       feature: per-sample ``u`` of the :class:`~optjax.priors.Quadratic` prior.

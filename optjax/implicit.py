@@ -193,7 +193,11 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
         else:
             _, vjp_z = jax.vjp(lambda z: map_fn(z, params, data_i), z_i)
             apply_a = lambda v: vjp_z(v)[0]  # noqa: E731
-        result = backward.solve(apply_a, g_i)
+        if backward.requires_splitting:
+            result = backward.solve_split(map_fn.adjoint_splitting(z_i, params, data_i),
+                                          apply_a, g_i)
+        else:
+            result = backward.solve(apply_a, g_i)
         return result.solution, result
 
     v, result = jax.vmap(one)(z_safe, data_safe, g_safe)

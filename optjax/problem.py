@@ -164,6 +164,20 @@ class EquilibriumProblem:
         return False
 
     @property
+    def adjoint_splitting(self) -> bool:
+        """Whether the map solves the backward system with its own splitting
+        (``backward="splitting"``; see :class:`optjax.backward.Splitting`)."""
+        return False
+
+    @property
+    def auto_backward(self) -> str:
+        """The backward mode ``backward="auto"`` picks: the map's own splitting where it has
+        one, conjugate gradients when I - J is symmetric, else GMRES."""
+        if self.adjoint_splitting:
+            return "splitting"
+        return "cg" if self.symmetric_jacobian else "gmres"
+
+    @property
     def dtype(self):
         leaves = [leaf for leaf in jax.tree_util.tree_leaves(self)
                   if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]

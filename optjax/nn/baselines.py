@@ -30,8 +30,9 @@ with the exact resolvent :math:`(I + \alpha(I - W))^{-1}` (a dense inverse, or p
 inverses by the FFT for circular convolutions: ``MonDEQConv`` uses ``padding="circular"`` with
 it), as in the monDEQ paper; ``splitting="forward_backward"`` gives the safe-step
 forward-backward iteration (zero padding allowed). See :mod:`optjax.mondeq` for both, their
-steps and the certificate (a distance bound). ``W`` is not symmetric, so there is no objective
-and the backward solve defaults to GMRES.
+steps and the certificate (a distance bound). ``W`` is not symmetric, so there is no objective;
+the backward system is solved by the same Peaceman--Rachford splitting on the adjoint problem
+(``backward="auto"``; GMRES for forward-backward).
 
 Every layer summarises its last call in ``layer.stats`` (fixed-size scalars that work under
 ``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and
@@ -56,7 +57,7 @@ from optjax.config import ConfigError, positive_int, require
 from optjax.convolution import Conv2D
 from optjax.deq import DEQProblem
 from optjax.equilibrium import equilibrium
-from optjax.mondeq import MonDEQProblem, step_size
+from optjax.mondeq import MonDEQProblem, peaceman_rachford_step, step_size
 from optjax.nn._info import EquilibriumModule
 
 __all__ = [
@@ -179,7 +180,7 @@ def _check_monotone_settings(owner, m, alpha, power_iterations):
     )
     require(
         alpha is None or _positive_number(alpha),
-        f"{owner}.alpha must be None (the safe default m / ||I - W||^2) or a positive number, "
+        f"{owner}.alpha must be None (the default step of the splitting) or a positive number, "
         f"got {alpha!r}",
     )
     positive_int(owner, "power_iterations", power_iterations)
@@ -191,7 +192,7 @@ class _Equilibrium(EquilibriumModule):
     def _setup(self, solver, backward, tol, max_steps):
         _check_settings(type(self).__name__, tol, max_steps)
         self.solver = _solvers.get(solver)
-        self.backward = _backward.get(backward)
+        self.backward = backward if backward == "auto" else _backward.get(backward)
         self.tol = float(tol)
         self.max_steps = int(max_steps)
         self._init_stats()
@@ -351,16 +352,19 @@ class MonDEQDense(_Equilibrium):
     :class:`optjax.mondeq.MonDEQProblem` (see there for the splitting, its step and why ``tol``
     bounds the equilibrium residual ``||z - relu(Wz + Ux + b)||``).
 
-    ``alpha=None`` uses :math:`\alpha = m / \|I - W\|_2^2`, recomputed at every call (no
-    gradient flows through it: the equilibrium does not depend on :math:`\alpha`), with
-    :math:`\|I - W\|_2` exact (SVD) for ``features <= 256`` and a ``power_iterations``-step
-    power-iteration estimate above; any :math:`\alpha < 2m/\|I - W\|^2` converges, so an
-    estimate within a factor :math:`\sqrt 2` below the norm is still safe.
+    ``alpha=None`` uses the splitting's default step, recomputed at every call (no gradient
+    flows through it: the equilibrium does not depend on :math:`\alpha`): Peaceman--Rachford
+    :math:`\alpha = 1/\sqrt{m\|I - W\|_2}` (exact norm), forward-backward
+    :math:`\alpha = m / \|I - W\|_2^2` with :math:`\|I - W\|_2` exact (SVD) for
+    ``features <= 256`` and a ``power_iterations``-step power-iteration estimate above (any
+    :math:`\alpha < 2m/\|I - W\|^2` converges, so an estimate within a factor :math:`\sqrt 2`
+    below the norm is still safe).
 
     ``A, B`` start with entries :math:`\mathcal N(0, 0.1^2/d)`, so that initially
     :math:`\|I - W\| \approx 0.3`; training usually grows :math:`\|I - W\|` and the step count
     with it (samples stopped by ``max_steps`` are reported as not converged). Other arguments
-    as :class:`DEQDense`; the backward mode is GMRES by default (:math:`W` is not symmetric).
+    as :class:`DEQDense`; the backward mode ``"auto"`` runs Peaceman--Rachford on the adjoint
+    problem (:class:`optjax.backward.Splitting`), GMRES with forward-backward.
     """
 
     def __init__(
@@ -374,7 +378,7 @@ class MonDEQDense(_Equilibrium):
         solver="fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
-        backward="gmres",
+        backward="auto",
         power_iterations: int = 50,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -404,13 +408,14 @@ class MonDEQDense(_Equilibrium):
         return (1 - self.m) * jnp.eye(self.features, dtype=a.dtype) - a.T @ a + b - b.T
 
     def step_size(self) -> jax.Array:
-        """The splitting step :math:`\\alpha` (no gradient): ``alpha`` when given, else 1 for
-        Peaceman--Rachford and ``m / ||I - W||^2`` for forward-backward."""
+        """The splitting step :math:`\\alpha` (no gradient): ``alpha`` when given, else
+        ``1 / sqrt(m ||I - W||)`` for Peaceman--Rachford and ``m / ||I - W||^2`` for
+        forward-backward."""
         a = self.weight_a[...]
         if self.alpha is not None:
             return jnp.asarray(self.alpha, a.dtype)
         if self.splitting == "peaceman_rachford":
-            return jnp.asarray(1.0, a.dtype)
+            return peaceman_rachford_step(self.m, a, self.weight_b[...])
         return step_size(self.m, a, self.weight_b[...], (self.features,),
                          exact_max=_EXACT_NORM_MAX, iterations=self.power_iterations)
 
@@ -453,7 +458,7 @@ class MonDEQConv(_Equilibrium):
         solver="fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
-        backward="gmres",
+        backward="auto",
         power_iterations: int = 50,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -502,9 +507,9 @@ class MonDEQConv(_Equilibrium):
         """The splitting step :math:`\\alpha` for ``(H, W)`` feature maps (no gradient)."""
         if self.alpha is not None:
             return jnp.asarray(self.alpha, self.kernel_a[...].dtype)
-        if self.splitting == "peaceman_rachford":
-            return jnp.asarray(1.0, self.kernel_a[...].dtype)
         a, b = self._maps(spatial)
+        if self.splitting == "peaceman_rachford":
+            return peaceman_rachford_step(self.m, a, b)
         return step_size(self.m, a, b, tuple(spatial) + (self.channels,),
                          iterations=self.power_iterations)
 

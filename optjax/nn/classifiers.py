@@ -67,9 +67,9 @@ class ExplicitBlock(nnx.Module):
 STEM_CHANNELS = 32
 HEAD_UNITS = 32
 # monDEQ's strong-monotonicity margin in the classifiers (the layers' own default is 0.05): the
-# value of the monDEQ authors' Peaceman-Rachford experiments (alpha = 1, m = 1). Measured on
-# Fashion-MNIST conv (width 39, batch 64, lr 3e-3): after 25-50 training steps the forward solve
-# takes 44-50 Peaceman-Rachford steps to tol 1e-3 with m = 1, and all 300 of a 300-step cap with
+# value of the monDEQ authors' Peaceman-Rachford experiments (m = 1). Measured on Fashion-MNIST
+# conv (width 39, batch 64, lr 3e-3): after 25-50 training steps the forward solve took 44-50
+# Peaceman-Rachford steps (alpha = 1) to tol 1e-3 with m = 1, and all 300 of a 300-step cap with
 # m = 0.05 (the splitting's rate bound is sqrt(1 - 4 alpha m / (1 + alpha L)^2)).
 MONDEQ_M = 1.0
 

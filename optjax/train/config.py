@@ -129,6 +129,10 @@ class TrainConfig(Config):
         require(self.backward in BACKWARD_CHOICES,
                 f"{name}.backward must be one of {', '.join(BACKWARD_CHOICES)}, got "
                 f"{self.backward!r}")
+        require(self.backward != "splitting" or self.family == "mondeq",
+                f"{name}.backward='splitting' runs Peaceman--Rachford on the backward system, "
+                f"which only the mondeq family has; got family {self.family!r}: use auto, cg, "
+                "gmres or fixed_point")
         require(self.solver is None or self.solver in _solvers.SOLVERS,
                 f"{name}.solver must be one of {', '.join(_solvers.SOLVERS)} (or None: the "
                 f"layer's default), got {self.solver!r}")

@@ -21,8 +21,9 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
     if config.family == "explicit":
         return {}
     mode = config.backward
-    if mode == "auto":  # the OptEq layer's system is symmetric positive definite (no prior)
-        mode = "cg" if config.family == "opteq" else "gmres"
+    if mode == "auto":  # OptEq: I - J is symmetric positive definite (no prior); monDEQ:
+        # Peaceman--Rachford on the adjoint problem, at the forward's cost per step
+        mode = {"opteq": "cg", "mondeq": "splitting"}.get(config.family, "gmres")
     if mode == "phantom":
         backward = _backward.get("phantom", steps=config.backward_steps)
     else:

@@ -317,9 +317,16 @@ def _scale_params(layer, factor):
 
 @pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
 def test_mondeq_is_strongly_monotone_and_step_size(conv):
-    assert float(_mondeq(conv).step_size(*([(3, 4)] if conv else []))) == 1.0  # PR's default
-    layer = _mondeq(conv, splitting="forward_backward")
     spatial = (3, 4)
+    # Peaceman--Rachford's default 1 / sqrt(m ||I - W||): the norm exact (per-frequency blocks
+    # for conv), checked against the SVD of the dense matrix of W built here.
+    pr = _mondeq(conv)
+    _scale_params(pr, 5.0)
+    w = _conv_matrix(pr, spatial) if conv else _mon_dense_matrix(pr)
+    want = 1.0 / np.sqrt(pr.m * np.linalg.norm(np.eye(w.shape[0]) - np.asarray(w), 2))
+    np.testing.assert_allclose(float(pr.step_size(*([spatial] if conv else []))), want,
+                               rtol=1e-10)
+    layer = _mondeq(conv, splitting="forward_backward")
     for factor in (1.0, 30.0):
         _scale_params(layer, factor)
         w = _conv_matrix(layer, spatial) if conv else _mon_dense_matrix(layer)
