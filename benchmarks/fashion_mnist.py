@@ -183,9 +183,12 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
         "bound_max": report.bound_max, "bound_median": report.bound_median,
         "train_steps_last_epoch": epochs[-1]["steps"],
         "train_converged_last_epoch": epochs[-1]["converged"],
-        "per_epoch": [{k: r[k] for k in ("epoch", "time", "loss", "accuracy", "steps", "steps_max",
-                                      "converged", "test_loss", "test_accuracy", "test_steps",
-                                      "test_converged")} for r in epochs],
+        "train_backward_steps_last_epoch": epochs[-1].get("backward_steps"),
+        "train_backward_converged_last_epoch": epochs[-1].get("backward_converged"),
+        "per_epoch": [{k: r.get(k) for k in (
+            "epoch", "time", "loss", "accuracy", "steps", "steps_max", "converged",
+            "backward_steps", "backward_steps_max", "backward_converged", "test_loss",
+            "test_accuracy", "test_steps", "test_converged")} for r in epochs],
     }
 
 
@@ -218,6 +221,8 @@ def result_row(r: dict, config: dict) -> dict:
         "forward_steps_max": r["test_steps_max"], "converged_fraction": r["test_converged"],
         "train_forward_steps_last_epoch": r["train_steps_last_epoch"],
         "train_converged_last_epoch": r["train_converged_last_epoch"],
+        "train_backward_steps_last_epoch": r["train_backward_steps_last_epoch"],
+        "train_backward_converged_last_epoch": r["train_backward_converged_last_epoch"],
         "bound_max": r["bound_max"], "bound_median": r["bound_median"],
         "per_epoch": r["per_epoch"], "config": config,
     }
@@ -242,14 +247,16 @@ def report(rows: list[dict]) -> str:
     opteq = {r["seed"]: r["epoch_seconds"] for r in rows if r["family"] == "opteq"}
     lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
               "fwd steps test (mean / max) | converged (test) | converged (train, last "
-              "epoch) | OptEq bound max |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "epoch) | bwd steps (train, last epoch) | bwd converged | OptEq bound max |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         implicit = r["family"] != "explicit"
         ratio = r["epoch_seconds"] / opteq[r["seed"]] if r["seed"] in opteq else None
         steps = (f"{r['forward_steps_mean']:.1f} / {r['forward_steps_max']:.0f}"
                  if implicit else "-")
         train_conv = r.get("train_converged_last_epoch")
+        bwd, bwd_conv = (r.get("train_backward_steps_last_epoch"),
+                         r.get("train_backward_converged_last_epoch"))
         lines.append(
             f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | "
             f"{100 * r['test_accuracy']:.2f}% | {r['epoch_seconds']:.0f} | {_fmt(ratio, '.2f')} | "
@@ -257,7 +264,8 @@ def report(rows: list[dict]) -> str:
             f"{'%' if implicit else ''} | "
             f"{_fmt(100 * train_conv if implicit and train_conv is not None else None, '.1f')}"
             f"{'%' if implicit and train_conv is not None else ''} | "
-            f"{_fmt(r['bound_max'], '.2e')} |")
+            f"{_fmt(bwd, '.1f')} | {_fmt(None if bwd_conv is None else 100 * bwd_conv, '.1f')}"
+            f"{'' if bwd_conv is None else '%'} | {_fmt(r['bound_max'], '.2e')} |")
     return "\n".join(lines)
 
 

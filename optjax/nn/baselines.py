@@ -150,14 +150,15 @@ def _check_input(owner, x, feature_shape):
     return x
 
 
-def _solve(layer, problem, c, init, return_info):
+def _solve(layer, problem, c, init, return_info, backward_probe=None):
     """Solve ``problem`` for the injections ``c`` with the layer's settings, summarise the
     :class:`optjax.SolveInfo` in ``layer.stats`` and return the equilibria (and the info if
-    ``return_info``)."""
+    ``return_info``); ``backward_probe`` as :func:`optjax.equilibrium`'s."""
     if init is not None:
         init = jnp.broadcast_to(jnp.asarray(init, c.dtype), c.shape)
     z, info = equilibrium(problem, c, solver=layer.solver, backward=layer.backward,
-                          tol=layer.tol, max_steps=layer.max_steps, init=init)
+                          tol=layer.tol, max_steps=layer.max_steps, init=init,
+                          backward_probe=backward_probe)
     return layer._finish(z, info, return_info)
 
 
@@ -271,12 +272,13 @@ class DEQDense(_Equilibrium):
         return _row_normalised(self.weight[...], self.gain[...][:, None], axes=1)
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False):
+                 return_info: bool = False, backward_probe=None):
         x = _check_input(type(self).__name__, x, (self.in_features,))
         w = self.effective_weight()
         dtype = self._dtype(x, w, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
-        return _solve(self, DEQProblem(w.astype(dtype), self.activation), c, init, return_info)
+        return _solve(self, DEQProblem(w.astype(dtype), self.activation), c, init, return_info,
+                      backward_probe)
 
 
 class DEQConv(_Equilibrium):
@@ -332,14 +334,15 @@ class DEQConv(_Equilibrium):
         return _row_normalised(self.kernel[...], self.gain[...], axes=(0, 1, 2))
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False):
+                 return_info: bool = False, backward_probe=None):
         x = _check_input(type(self).__name__, x, (None, None, self.in_channels))
         kernel = self.effective_kernel()
         dtype = self._dtype(x, kernel, self.input_kernel[...])
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
         c = c + self.bias[...].astype(dtype)
         weight = Conv2D(kernel.astype(dtype), tuple(x.shape[1:3]))
-        return _solve(self, DEQProblem(weight, self.activation), c, init, return_info)
+        return _solve(self, DEQProblem(weight, self.activation), c, init, return_info,
+                      backward_probe)
 
 
 # --- monDEQ -------------------------------------------------------------------------------------
@@ -420,14 +423,14 @@ class MonDEQDense(_Equilibrium):
                          exact_max=_EXACT_NORM_MAX, iterations=self.power_iterations)
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False):
+                 return_info: bool = False, backward_probe=None):
         x = _check_input(type(self).__name__, x, (self.in_features,))
         a, b = self.weight_a[...], self.weight_b[...]
         dtype = self._dtype(x, a, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
         problem = MonDEQProblem(a.astype(dtype), b.astype(dtype), self.m,
                                 step=self.step_size().astype(dtype), splitting=self.splitting)
-        return _solve(self, problem, c, init, return_info)
+        return _solve(self, problem, c, init, return_info, backward_probe)
 
 
 class MonDEQConv(_Equilibrium):
@@ -514,7 +517,7 @@ class MonDEQConv(_Equilibrium):
                          iterations=self.power_iterations)
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False):
+                 return_info: bool = False, backward_probe=None):
         x = _check_input(type(self).__name__, x, (None, None, self.in_channels))
         dtype = self._dtype(x, self.kernel_a[...], self.input_kernel[...])
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
@@ -522,4 +525,4 @@ class MonDEQConv(_Equilibrium):
         a, b = self._maps(x.shape[1:3], dtype)
         problem = MonDEQProblem(a, b, self.m, step=self.step_size(x.shape[1:3]).astype(dtype),
                                 splitting=self.splitting)
-        return _solve(self, problem, c, init, return_info)
+        return _solve(self, problem, c, init, return_info, backward_probe)

@@ -154,17 +154,21 @@ class ImplicitClassifier(nnx.Module):
         """The equilibrium layer's :class:`optjax.nn.SolveSummary` (None for ``"explicit"``)."""
         return getattr(self.layer, "stats", None)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
+    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+        """Logits (and the layer's :class:`optjax.SolveInfo`, None for ``"explicit"``, with
+        ``return_info``). ``backward_probe``: an :func:`optjax.backward_probe` whose gradient
+        carries the backward solve's statistics (ignored by ``"explicit"``)."""
+        probe = {} if self.family == "explicit" else dict(backward_probe=backward_probe)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected images of shape (batch,) + {self.input_shape} (channels last); got "
                 f"{tuple(x.shape)}"
             )
         if self.kind == "dense":
-            features, info = self.layer(x.reshape(x.shape[0], -1), return_info=True)
+            features, info = self.layer(x.reshape(x.shape[0], -1), return_info=True, **probe)
             logits = self.head(features)
         else:
-            features, info = self.layer(nnx.relu(self.stem(x)), return_info=True)
+            features, info = self.layer(nnx.relu(self.stem(x)), return_info=True, **probe)
             if self.pool > 1:
                 features = nnx.avg_pool(features, (self.pool, self.pool),
                                         strides=(self.pool, self.pool))

@@ -78,15 +78,15 @@ class _DeepChain(EquilibriumModule):
                           for v, k in zip(raw, scales))
         return couplings, jax.lax.stop_gradient(scales * norms)
 
-    def _solve(self, problem, x, return_info):
+    def _solve(self, problem, x, return_info, backward_probe=None):
         states, info = _deep.equilibrium(
             problem, x, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
-            backward=self.backward,
+            backward=self.backward, backward_probe=backward_probe,
         )
         return self._finish(states, info, return_info)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
-        states, info = self.states(x, return_info=True)
+    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+        states, info = self.states(x, return_info=True, backward_probe=backward_probe)
         return (states[-1], info) if return_info else states[-1]
 
 
@@ -168,14 +168,14 @@ class DeepOptEq(_DeepChain):
             coupling_norms=norms,
         )
 
-    def states(self, x: jax.Array, *, return_info: bool = False):
+    def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         """All equilibrium states ``[s_1, ..., s_L]`` for the batch ``x`` (and the
         :class:`optjax.SolveInfo` if ``return_info``); updates ``self.stats``."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"DeepOptEq expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
             )
-        return self._solve(self.problem(), x, return_info)
+        return self._solve(self.problem(), x, return_info, backward_probe)
 
 
 class DeepOptEqConv(_DeepChain):
@@ -269,10 +269,10 @@ class DeepOptEqConv(_DeepChain):
             layer_shapes=tuple(g + (c,) for g, c in zip(self.grids, self.channels)),
         )
 
-    def states(self, x: jax.Array, *, return_info: bool = False):
+    def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         """Every layer's equilibrium state (and the SolveInfo if ``return_info``)."""
         want = self.grids[0] + (self.in_channels,)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"DeepOptEqConv expects x of shape (batch,) + {want}; got "
                              f"{tuple(x.shape)}")
-        return self._solve(self.problem(), self.injection(x), return_info)
+        return self._solve(self.problem(), self.injection(x), return_info, backward_probe)

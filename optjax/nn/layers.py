@@ -129,7 +129,7 @@ class _OptEqBase(EquilibriumModule):
     def _certifies(self) -> bool:
         return self.use_running_average if self.certify is None else self.certify
 
-    def _solve(self, weight, injection, return_info):
+    def _solve(self, weight, injection, return_info, backward_probe=None):
         batch = injection.shape[0]
         norm = None
         certify = self._certifies()
@@ -161,6 +161,7 @@ class _OptEqBase(EquilibriumModule):
         z, info = optjax.equilibrium(
             problem, injection, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
             backward=self.backward, feature=feature, anchor=anchor, certify=certify,
+            backward_probe=backward_probe,
         )
         if self.output == "s":
             z = self.activation(jax.vmap(lambda zi: linear_map.apply(weight, zi))(z) + injection)
@@ -182,7 +183,8 @@ class OptEqDense(_OptEqBase):
         only; ``True``: every call; ``False``: never (see the module docstring).
       compute_dtype: e.g. ``jnp.bfloat16`` to evaluate T in mixed precision.
 
-    ``__call__(x, *, return_info=False)``: ``x`` of shape ``(batch, in_features)``; returns
+    ``__call__(x, *, return_info=False, backward_probe=None)``: ``x`` of shape
+    ``(batch, in_features)``; ``backward_probe`` as :func:`optjax.equilibrium`'s; returns
     ``z`` (or ``(z, info)`` with the per-sample :class:`optjax.SolveInfo`).
     """
 
@@ -208,13 +210,13 @@ class OptEqDense(_OptEqBase):
     def _raw_weight(self):
         return self.weight.get_value()
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
+    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"OptEqDense expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
             )
         injection = x @ self.input_weight.get_value().T + self.bias.get_value()
-        return self._solve(self.used_weight(), injection, return_info)
+        return self._solve(self.used_weight(), injection, return_info, backward_probe)
 
 
 class OptEqConv(_OptEqBase):
@@ -223,7 +225,7 @@ class OptEqConv(_OptEqBase):
 
     Arguments as :class:`OptEqDense`, plus ``spatial = (H, W)``, ``kernel_size`` (odd) and
     ``padding`` (``"zeros"``: the norm is a certified FFT upper bound; ``"circular"``: exact).
-    ``__call__(x, *, return_info=False)`` as :class:`OptEqDense`.
+    ``__call__(x, *, return_info=False, backward_probe=None)`` as :class:`OptEqDense`.
     """
 
     def __init__(self, in_channels: int, channels: int, spatial: Sequence[int],
@@ -258,7 +260,7 @@ class OptEqConv(_OptEqBase):
     def _raw_weight(self):
         return Conv2D(self.kernel.get_value(), self.spatial, self.padding)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
+    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         want = self.spatial + (self.in_channels,)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
@@ -267,4 +269,4 @@ class OptEqConv(_OptEqBase):
                     f": {x.shape[-1]} input channels, the layer was built for {self.in_channels}"
                     if x.ndim == 4 and x.shape[-1] != self.in_channels else "")
             )
-        return self._solve(self.used_weight(), self.injection(x), return_info)
+        return self._solve(self.used_weight(), self.injection(x), return_info, backward_probe)

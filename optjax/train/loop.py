@@ -53,7 +53,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the state before that step was checkpointed."""
 
 
-_STEP_METRICS = ("loss", "accuracy", "steps", "steps_max", "residual", "converged")
+_STEP_METRICS = ("loss", "accuracy", "steps", "steps_max", "residual", "converged",
+                 "backward_steps", "backward_steps_max", "backward_converged")
+_MAXIMA = ("steps_max", "residual", "backward_steps_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +243,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             if r["epoch"] == start // spe:
                 count += 1
                 for k in _STEP_METRICS:
-                    _accumulate(sums, k, r[k])
+                    _accumulate(sums, k, r.get(k, math.nan))  # older logs lack some
     ending = "finished"
     rows = sharding.process_rows(bs)
     with reporter:
@@ -308,7 +310,7 @@ def _divergence(metrics: dict[str, float], step: int, saved, out) -> str:
 
 
 def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
-    if key in ("steps_max", "residual"):
+    if key in _MAXIMA:
         current = sums.get(key, -math.inf)
         sums[key] = value if (math.isnan(value) or value > current) else current  # NaN sticks
     else:
@@ -318,7 +320,7 @@ def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
 def _end_epoch(run: Run, state, epoch: int, step: int, sums, count: int, seconds: float):
     record = dict(epoch=epoch, step=step, time=seconds)
     for k in _STEP_METRICS:
-        record[k] = sums[k] if k in ("steps_max", "residual") else sums[k] / count
+        record[k] = sums[k] if k in _MAXIMA else sums[k] / count
     test = summarize(evaluate_split(run.eval_step, state, run.data.x_test, run.data.y_test,
                                     run.config.eval_batch_size, run.mesh), step=step,
                      epoch=epoch)

@@ -6,13 +6,15 @@ a crash loses nothing already written.
   is no longer identical to an uninterrupted one from there on);
 * ``"step"``: ``step`` (steps done), ``epoch``, ``loss``, ``accuracy``, ``learning_rate``,
   ``grad_norm``, forward solver ``steps`` (batch mean) and ``steps_max``, ``residual`` (batch
-  max), ``converged`` (share of the batch);
-* ``"epoch"``: the same averaged over the epoch (``steps_max``, ``residual``: maxima), ``time``
+  max), ``converged`` (share of the batch), and the backward (gradient) solve's
+  ``backward_steps`` (batch mean), ``backward_steps_max`` and ``backward_converged``;
+* ``"epoch"``: the same averaged over the epoch (``steps_max``, ``residual``,
+  ``backward_steps_max``: maxima), ``time``
   (seconds of training steps, without the test evaluation and the checkpoint), ``test_loss``,
   ``test_accuracy``, ``test_steps``, ``test_converged``;
 * ``"eval"``: the final :class:`optjax.train.EvalReport` of the test set.
 
-Forward-solver statistics are NaN for a model without an equilibrium layer (``explicit``).
+Solver statistics are NaN for a model without an equilibrium layer (``explicit``).
 
 Non-finite numbers are written as the strings ``"nan"``, ``"inf"`` (JSON has none).
 """

@@ -30,7 +30,11 @@ def format_metrics(m: dict[str, Any]) -> str:
     steps = m.get("steps")
     if steps is None or math.isnan(steps):
         return text
-    return text + f" fwd {_num(m.get('steps'), '.1f')} steps res {_num(m.get('residual'), '.1e')}"
+    text += f" fwd {_num(m.get('steps'), '.1f')} steps res {_num(m.get('residual'), '.1e')}"
+    backward = m.get("backward_steps")
+    if backward is None or math.isnan(backward):
+        return text
+    return text + f" bwd {_num(backward, '.1f')} steps"
 
 
 class Reporter:
@@ -98,14 +102,15 @@ def _natural_width(console: Console, renderable) -> int:
 
 def summary_table(epochs: Sequence[dict[str, Any]]) -> Table:
     """One row per epoch: train and test loss/accuracy, forward steps (mean, max), largest
-    residual, share converged, time. Without forward statistics (a model with no equilibrium
+    residual, share converged, backward steps (mean) and share converged, time. Without forward statistics (a model with no equilibrium
     layer) the solver columns are left out and the title says so."""
     solver = any(not math.isnan(r.get("steps", math.nan)) for r in epochs)
     table = Table(title="training summary" if solver or not epochs else
                   "training summary (no equilibrium layer: no solver statistics)")
     columns = ["epoch", "train loss", "train acc", "test loss", "test acc"]
     if solver:
-        columns += ["fwd steps", "max steps", "max residual", "converged"]
+        columns += ["fwd steps", "max steps", "max residual", "converged", "bwd steps",
+                    "bwd converged"]
     for name in columns + ["time (s)"]:
         table.add_column(name, justify="right", no_wrap=True)
     for r in epochs:
@@ -113,7 +118,9 @@ def summary_table(epochs: Sequence[dict[str, Any]]) -> Table:
                _num(r.get("test_loss"), ".4f"), _percent(r.get("test_accuracy"), ".2f")]
         if solver:
             row += [_num(r.get("steps"), ".1f"), _num(r.get("steps_max"), ".0f"),
-                    _num(r.get("residual"), ".1e"), _percent(r.get("converged"), ".1f")]
+                    _num(r.get("residual"), ".1e"), _percent(r.get("converged"), ".1f"),
+                    _num(r.get("backward_steps"), ".1f"),
+                    _percent(r.get("backward_converged"), ".1f")]
         table.add_row(*row, _num(r.get("time"), ".1f"))
     return table
 

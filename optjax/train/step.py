@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from optjax.equilibrium import backward_probe
 from optjax.nn._info import SolveStat
 from optjax.train import sharding
 from optjax.train.augment import Augmentation
@@ -95,9 +96,9 @@ def init_state(params, rest, tx) -> TrainState:
                       rest=rest)
 
 
-def _forward(parts: ModelParts, params, rest, x, y, training: bool):
+def _forward(parts: ModelParts, params, rest, x, y, training: bool, probe=None):
     model = parts.merge(params, rest, training=training)
-    logits, info = model(x, return_info=True)
+    logits, info = model(x, return_info=True, backward_probe=probe)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
     stats = solve_stats(info, x.shape[0])
     new_rest = _split(model)[3]
@@ -109,18 +110,25 @@ def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
     """``step(state, x, y) -> (state, metrics)``, jit-compiled with the batch sharded over
     ``mesh`` and the state replicated; ``augment`` (if given) transforms ``x`` first, drawn from
     ``state.step``. Metrics (scalars): loss, accuracy, learning_rate, grad_norm, forward steps
-    mean and max, residual max, converged share (NaN for a model without an equilibrium
-    layer)."""
+    mean and max, residual max, converged share, and the backward (gradient) solve's steps mean
+    and max and converged share, read from an :func:`optjax.backward_probe` (all NaN for a
+    model without an equilibrium layer)."""
 
-    def loss_fn(params, rest, x, y):
-        losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True)
+    def loss_fn(params, probe, rest, x, y):
+        losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True,
+                                                   probe=probe)
         return losses.mean(), (logits, stats, new_rest)
 
     def step(state: TrainState, x, y):
         if augment is not None and augment.active:
             x = augment(x, state.step)
-        (loss, (logits, stats, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.rest, x, y)
+        probe = backward_probe(x.shape[0])
+        (loss, (logits, stats, rest)), (grads, backward) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(state.params, probe, state.rest, x, y)
+        # an explicit model never reads the probe: its zero cotangent is not a solve
+        solved = jnp.all(jnp.isfinite(stats["steps"]))
+        nan = jnp.asarray(jnp.nan, jnp.float32)
+        backward_steps = jnp.where(solved, backward.steps.astype(jnp.float32), nan)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(
@@ -132,6 +140,9 @@ def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
             steps_max=jnp.max(stats["steps"]),
             residual=jnp.max(stats["residual"]),
             converged=jnp.mean(stats["converged"]),
+            backward_steps=jnp.mean(backward_steps),
+            backward_steps_max=jnp.max(backward_steps),
+            backward_converged=jnp.where(solved, jnp.mean(backward.converged), nan),
         )
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rest=rest)
         return new, metrics

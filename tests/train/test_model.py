@@ -52,3 +52,34 @@ def test_the_anderson_ridge_reaches_the_anderson_solver_only():
     assert "solver" not in layer_options(TrainConfig(family="opteq", anderson_ridge=1e-2))
     ridged = layer_options(TrainConfig(solver="anderson", anderson_ridge=1e-3))["solver"]
     assert ridged.ridge == 1e-3
+
+
+@pytest.mark.parametrize("family,backward", [("opteq", "phantom"), ("mondeq", "auto"),
+                                             ("explicit", "auto")])
+def test_the_train_step_reports_the_backward_solve(family, backward):
+    """The backward statistics reach the training metrics through the model (an
+    optjax.backward_probe): the phantom gradient's fixed step count exactly, monDEQ's adjoint
+    splitting (what "auto" picks for it) converged within its cap, NaN without a solve."""
+    from optjax.train import sharding
+    from optjax.train.step import init_state, make_optimizer, make_train_step, split_model
+
+    config = TrainConfig(family=family, kind="dense", width=4, max_steps=60, tol=1e-3,
+                         backward=backward, backward_steps=3 if backward == "phantom" else 40)
+    if family == "mondeq":
+        assert isinstance(layer_options(config)["backward"], optjax.backward.Splitting)
+    parts, params, rest = split_model(build_model(config, (8, 8, 1), 10))
+    tx, schedule = make_optimizer(config, 10)
+    step = make_train_step(parts, tx, schedule, sharding.data_mesh())
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, size=4))
+    _, metrics = step(init_state(params, rest, tx), x, y)
+    got = {k: float(metrics[k]) for k in ("backward_steps", "backward_steps_max",
+                                          "backward_converged")}
+    if family == "explicit":
+        assert all(np.isnan(v) for v in got.values()), got
+    elif backward == "phantom":
+        assert got["backward_steps"] == got["backward_steps_max"] == 3.0, got
+    else:
+        assert 1 <= got["backward_steps"] <= got["backward_steps_max"] <= 40, got
+        assert got["backward_converged"] == 1.0, got
