@@ -5,6 +5,7 @@ trained on Fashion-MNIST with the same data, optimiser, schedule and augmentatio
     .venv/bin/python benchmarks/fashion_mnist.py --kind conv --resume   # continue / add rows
     .venv/bin/python benchmarks/fashion_mnist.py                        # dense (as recorded)
     .venv/bin/python benchmarks/fashion_mnist.py --quick                # smoke run (~30 s)
+    .venv/bin/python benchmarks/fashion_mnist.py --kind conv --measure-backward  # see below
 
 Widths: ``--kind conv`` takes, per family, the width whose classifier's parameter count is
 closest to ``--target`` (default 100,000; :func:`optjax.nn.classifiers.matched_width` with
@@ -105,7 +106,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=50, help="forward solver step cap")
     parser.add_argument("--backward", default=None,
                         help="backward mode (default: dense gmres, conv auto = cg for OptEq, "
-                             "gmres for the others)")
+                             "Peaceman-Rachford on the adjoint for monDEQ, gmres for the others)")
     parser.add_argument("--backward-steps", type=int, default=None)
     parser.add_argument("--backward-tol", type=float, default=None)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
@@ -117,6 +118,11 @@ def parse(argv=None) -> argparse.Namespace:
                         help="rows file (default benchmarks/results/fashion_mnist_<kind>.json)")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: print the table of the rows in --results")
+    parser.add_argument("--measure-backward", action="store_true",
+                        help="train nothing: for rows recorded without backward statistics, "
+                             "measure them at the run's final checkpoint (--measure-batches "
+                             "training batches, no update) and add them to the row")
+    parser.add_argument("--measure-batches", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/out/fashion_mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true",
@@ -228,6 +234,45 @@ def result_row(r: dict, config: dict) -> dict:
     }
 
 
+def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> int:
+    """Backward statistics for rows trained before the training metrics had them: the run's
+    final checkpoint, its training step (augmentation included) on the first ``batches``
+    batches of epoch 0, the updates discarded. Written to the row as ``backward_at_end``."""
+    from optjax.train.checkpoint import Checkpoints
+    from optjax.train.loop import epoch_order, prepare
+
+    rows = load_rows(results)
+    for row in rows:
+        if row["family"] == "explicit" or row.get("train_backward_steps_last_epoch") is not None \
+                or row.get("backward_at_end") is not None:
+            continue
+        run_dir = out / row["kind"] / f"{row['family']}_seed{row['seed']}"
+        config = TrainConfig.from_dict({**row["config"], "out_dir": str(run_dir)})
+        checkpoints = Checkpoints(run_dir / "checkpoints", config)
+        step = checkpoints.latest_step() if (run_dir / "checkpoints").is_dir() else None
+        if step is None or step != row["epochs"] * (row["train_size"] // config.batch_size):
+            print(f"[{row['family']} seed {row['seed']}] no final checkpoint in {run_dir}: skipped")
+            continue
+        run = prepare(config)
+        state, _ = checkpoints.restore(run.state, step)
+        order = epoch_order(config.seed, 0, run.data.num_train)
+        stats = []
+        for b in range(batches):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            _, metrics = run.train_step(state, run.data.x_train[idx], run.data.y_train[idx])
+            stats.append({k: float(metrics[k]) for k in ("backward_steps", "backward_steps_max",
+                                                        "backward_converged")})
+        row["backward_at_end"] = dict(
+            batches=batches, checkpoint_step=step,
+            steps_mean=statistics.mean(s["backward_steps"] for s in stats),
+            steps_max=max(s["backward_steps_max"] for s in stats),
+            converged=statistics.mean(s["backward_converged"] for s in stats))
+        print(f"[{row['family']} seed {row['seed']}] backward at step {step}: "
+              f"{row['backward_at_end']}", flush=True)
+        results.write_text(json.dumps(_clean(rows), indent=1) + "\n")
+    return 0
+
+
 def _same_run(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in ("family", "kind", "seed", "epochs", "train_size"))
 
@@ -257,6 +302,10 @@ def report(rows: list[dict]) -> str:
         train_conv = r.get("train_converged_last_epoch")
         bwd, bwd_conv = (r.get("train_backward_steps_last_epoch"),
                          r.get("train_backward_converged_last_epoch"))
+        at_end = r.get("backward_at_end")
+        mark = ""
+        if bwd is None and at_end is not None:  # measured afterwards (--measure-backward)
+            bwd, bwd_conv, mark = at_end["steps_mean"], at_end["converged"], "*"
         lines.append(
             f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | "
             f"{100 * r['test_accuracy']:.2f}% | {r['epoch_seconds']:.0f} | {_fmt(ratio, '.2f')} | "
@@ -264,8 +313,9 @@ def report(rows: list[dict]) -> str:
             f"{'%' if implicit else ''} | "
             f"{_fmt(100 * train_conv if implicit and train_conv is not None else None, '.1f')}"
             f"{'%' if implicit and train_conv is not None else ''} | "
-            f"{_fmt(bwd, '.1f')} | {_fmt(None if bwd_conv is None else 100 * bwd_conv, '.1f')}"
-            f"{'' if bwd_conv is None else '%'} | {_fmt(r['bound_max'], '.2e')} |")
+            f"{_fmt(bwd, '.1f')}{mark} | "
+            f"{_fmt(None if bwd_conv is None else 100 * bwd_conv, '.1f')}"
+            f"{'' if bwd_conv is None else '%'}{mark} | {_fmt(r['bound_max'], '.2e')} |")
     return "\n".join(lines)
 
 
@@ -274,6 +324,9 @@ def main(argv=None) -> int:
     if args.report:
         print(report(load_rows(pathlib.Path(args.results))))
         return 0
+    if args.measure_backward:
+        return measure_backward(pathlib.Path(args.results), pathlib.Path(args.out),
+                                args.measure_batches)
     base = base_config(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

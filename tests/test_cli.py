@@ -27,6 +27,7 @@ def test_the_console_script_is_installed():
     assert scripts.get("optjax") == "optjax.cli:main"
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert cli("train", *SMALL, "--out-dir", str(tmp_path)) == 0
     err = capsys.readouterr().err
@@ -49,6 +50,7 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert "test: accuracy" in out and "certificate F(z) - F* <=" in out
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_resume_takes_the_run_options_from_its_checkpoint(tmp_path, capsys):
     assert cli("train", *SMALL, "--epochs", "2", "--stop-after", "3", "--no-plots",
                "--out-dir", str(tmp_path)) == 0
@@ -132,6 +134,7 @@ def test_eval_without_a_run(tmp_path, capsys):
     assert "holds no checkpoints" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "optjax", "train", *SMALL, "--epochs", "500", "--no-plots",

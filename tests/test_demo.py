@@ -1,5 +1,5 @@
-"""The demo and the benchmark scripts run end to end on small sizes (the benchmark smoke runs
-are marked slow: they check the scripts, not the library; CI runs them)."""
+"""The demo and the benchmark scripts run end to end on small sizes (marked slow: they check the
+scripts, not the library; CI runs them with the slow checks)."""
 
 import json
 import pathlib
@@ -13,6 +13,7 @@ from optjax import demo
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_demo_checks_every_solver_against_the_independent_minimiser(capsys):
     assert demo.main(["--batch", "3", "--d", "12", "--n", "18"]) == 0
     out = capsys.readouterr().out
@@ -58,14 +59,29 @@ def test_fashion_mnist_benchmark_quick_run_writes_its_rows(tmp_path):
     if not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     results = tmp_path / "rows.json"
-    _script("fashion_mnist.py", "--kind", "conv", "--quick", "--families", "opteq,explicit",
-            "--results", str(results), "--out", str(tmp_path / "out"), timeout=600)
+    out = tmp_path / "out"
+    _script("fashion_mnist.py", "--kind", "conv", "--quick", "--families", "opteq,explicit,mondeq",
+            "--results", str(results), "--out", str(out), timeout=900)
     rows = json.loads(results.read_text())
-    assert [r["family"] for r in rows] == ["opteq", "explicit"]
+    assert [r["family"] for r in rows] == ["opteq", "explicit", "mondeq"]
     for row in rows:
         for key in ("family", "kind", "params", "seed", "epochs", "train_size",
                     "test_accuracy", "epoch_seconds", "forward_steps_mean", "converged_fraction"):
             assert key in row
         assert 0.0 <= row["test_accuracy"] <= 1.0
+        implicit = row["family"] != "explicit"
+        assert (row["train_backward_steps_last_epoch"] is not None) == implicit
     counts = [r["params"] for r in rows]
     assert (max(counts) - min(counts)) / max(counts) < 0.02  # matched within 2%
+    # a row recorded without backward statistics gets them from its final checkpoint
+    rows[0]["train_backward_steps_last_epoch"] = None
+    results.write_text(json.dumps(rows))
+    stdout = _script("fashion_mnist.py", "--kind", "conv", "--measure-backward",
+                     "--measure-batches", "2", "--results", str(results), "--out", str(out))
+    at_end = json.loads(results.read_text())[0]["backward_at_end"]
+    assert at_end["batches"] == 2 and 1 <= at_end["steps_mean"] <= 20, stdout
+    # monDEQ's solver designs side by side on the trained checkpoint
+    stdout = _script("mondeq_solver.py", "--run", str(out / "conv" / "mondeq_seed0"),
+                     "--batches", "1", "--reps", "1")
+    for design in ("alpha=1, gmres", "default, splitting"):
+        assert f"| {design} |" in stdout

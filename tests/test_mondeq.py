@@ -218,6 +218,7 @@ def test_splitting_backward_solves_the_adjoint_system(kind):
     np.testing.assert_allclose(x_bar, gmres_bar, atol=1e-8)
 
 
+@pytest.mark.slow  # ~5000 forward-backward steps, ~20 s: CI runs it with the slow checks
 def test_peaceman_rachford_needs_far_fewer_steps_than_forward_backward_on_a_conv_problem():
     problem = _conv_problem(seed=16, spatial=(8, 8), channels=4, m=0.05)
     x = _inputs(problem, batch=4, seed=17)

@@ -55,6 +55,7 @@ def test_flipped_bytes_are_named_and_nothing_else_is_printed(copy, capfd):
     assert err.count("\n") == 1, err  # one message, no tracebacks from orbax's threads
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_a_truncated_data_file_gives_one_message_and_no_tracebacks(copy):
     # In a child process: everything it prints up to its exit counts (orbax used to leave
     # ~130 lines of "Exception ignored in <coroutine ...>" behind when a read failed).

@@ -26,6 +26,7 @@ def _train(out_dir, devices: int):
     return read_metrics(out_dir / "metrics.jsonl")
 
 
+@pytest.mark.slow  # end to end, ~10-20 s: CI runs it with the slow checks
 def test_four_devices_give_the_losses_of_one(tmp_path):
     one = _train(tmp_path / "one", 1)
     four = _train(tmp_path / "four", 4)
