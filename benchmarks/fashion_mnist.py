@@ -20,7 +20,9 @@ Anderson with a relative ridge; monDEQ: Peaceman-Rachford with the FFT resolvent
 Conv defaults (the settings of the recorded comparison): AdamW lr 3e-3, weight decay 1e-2,
 cosine schedule with 0.5 epochs of warm-up, gradient clip 1.0, batch 64, random crops of the
 image padded by 2 and horizontal flips, tol 1e-3, forward cap 50, backward tolerance 1e-2
-capped at 20 steps.
+capped at 20 steps; monDEQ's caps are 100 forward and 40 backward (``--mondeq-caps``): a
+Peaceman-Rachford step costs one FFT resolvent (about a fifth of one product with W on this
+machine), and with the shared caps it stopped at them in training (RESULTS.md).
 
 Every finished run is written as a row to ``benchmarks/results/fashion_mnist_<kind>.json``
 (``--results``): ``family, kind, width, params, seed, epochs, train_size, test_size,
@@ -109,6 +111,9 @@ def parse(argv=None) -> argparse.Namespace:
                              "Peaceman-Rachford on the adjoint for monDEQ, gmres for the others)")
     parser.add_argument("--backward-steps", type=int, default=None)
     parser.add_argument("--backward-tol", type=float, default=None)
+    parser.add_argument("--mondeq-caps", default=None,
+                        help="monDEQ's forward,backward step caps (conv default 100,40; dense: "
+                             "the shared caps); 'shared' uses --max-steps and --backward-steps")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--anderson-ridge", type=float, default=None,
                         help="ridge of DEQ's Anderson solver; 0: the solver's default")
@@ -133,6 +138,12 @@ def parse(argv=None) -> argparse.Namespace:
     for key, value in DEFAULTS[args.kind].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    mondeq_caps = args.mondeq_caps or ("100,40" if args.kind == "conv" else "shared")
+    if mondeq_caps == "shared":
+        args.family_caps = {}
+    else:
+        forward, backward = (int(v) for v in mondeq_caps.split(","))
+        args.family_caps = {"mondeq": dict(max_steps=forward, backward_steps=backward)}
     if args.backward is None:
         args.backward = "gmres" if args.kind == "dense" else "auto"
     families = args.families or ",".join(FAMILIES[args.kind])
@@ -159,9 +170,10 @@ def base_config(args) -> TrainConfig:
 
 
 def run_family(base: TrainConfig, family: str, seed: int, target: int, out: pathlib.Path,
-               resume: bool = False) -> dict:
+               resume: bool = False, caps: dict | None = None) -> dict:
     config = base.replace(family=family, seed=seed,
-                          out_dir=str(out / base.kind / f"{family}_seed{seed}"))
+                          out_dir=str(out / base.kind / f"{family}_seed{seed}"),
+                          **(caps or {}).get(family, {}))
     width, count = matched_width(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
                                  closest=base.kind == "conv", **layer_options(config))
     config = config.replace(width=width)
@@ -240,6 +252,7 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
     batches of epoch 0, the updates discarded. Written to the row as ``backward_at_end``."""
     from optjax.train.checkpoint import Checkpoints
     from optjax.train.loop import epoch_order, prepare
+    from optjax.train.metrics import read_metrics
 
     rows = load_rows(results)
     for row in rows:
@@ -250,8 +263,14 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
         config = TrainConfig.from_dict({**row["config"], "out_dir": str(run_dir)})
         checkpoints = Checkpoints(run_dir / "checkpoints", config)
         step = checkpoints.latest_step() if (run_dir / "checkpoints").is_dir() else None
-        if step is None or step != row["epochs"] * (row["train_size"] // config.batch_size):
-            print(f"[{row['family']} seed {row['seed']}] no final checkpoint in {run_dir}: skipped")
+        logged = [r for r in read_metrics(run_dir / "metrics.jsonl", "epoch")] \
+            if (run_dir / "metrics.jsonl").is_file() else []
+        same = bool(logged) and len(logged) == len(row["per_epoch"]) and \
+            logged[-1]["loss"] == row["per_epoch"][-1]["loss"]  # the row's own run
+        if step is None or not same or \
+                step != row["epochs"] * (row["train_size"] // config.batch_size):
+            print(f"[{row['family']} seed {row['seed']}] {run_dir} does not hold this row's run "
+                  "at its final checkpoint: skipped")
             continue
         run = prepare(config)
         state, _ = checkpoints.restore(run.state, step)
@@ -340,7 +359,9 @@ def main(argv=None) -> int:
         f"{args.target:,}; tol {args.tol:g}, forward cap {args.max_steps}, backward "
         f"{args.backward} tol {args.backward_tol} capped at {args.backward_steps}; forward "
         f"solvers: each family's default"
-        + (f" (Anderson ridge {args.anderson_ridge:g})" if args.anderson_ridge else ""))
+        + (f" (Anderson ridge {args.anderson_ridge:g})" if args.anderson_ridge else "")
+        + "".join(f"; {f} caps {c['max_steps']} forward, {c['backward_steps']} backward"
+                  for f, c in args.family_caps.items()))
     print(header, flush=True)
     t0 = time.perf_counter()
     rows = []
@@ -352,10 +373,12 @@ def main(argv=None) -> int:
             if args.resume and done:
                 print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)
                 continue
-            r = run_family(base, family, seed, args.target, out, resume=args.resume)
+            r = run_family(base, family, seed, args.target, out, resume=args.resume,
+                           caps=args.family_caps)
             rows.append(r)
-            save_row(results, result_row(r, base.replace(family=family, seed=seed,
-                                                         width=r["width"]).to_dict()))
+            save_row(results, result_row(r, base.replace(
+                family=family, seed=seed, width=r["width"],
+                **args.family_caps.get(family, {})).to_dict()))
             print(f"[{family} seed {seed}] width {r['width']}, {r['params']:,} parameters: test "
                   f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "
                   f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s, wall "
