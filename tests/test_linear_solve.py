@@ -12,6 +12,7 @@ from optjax.linear_solve import (
     conjugate_gradient,
     gmres,
     neumann,
+    splitting,
     unrolled_neumann,
 )
 
@@ -116,6 +117,26 @@ def test_nonsymmetric_neumann():
         res = _solve("neumann", a, g, tol=1e-12 * np.linalg.norm(g), damping=damping)
         assert bool(res.converged)
         assert _rel_err(res.solution, a, g) <= 1e-10
+
+
+def test_splitting_stops_on_the_callers_bound_and_reports_the_true_residual():
+    # The Richardson step u <- g + A u is a splitting with solution(u) = u and the exact bound
+    # ||g - (I - A) u|| = ||step(u) - u|| (scale 1): the loop's answer is the dense solve's, and
+    # a run cut short is reported with its true residual, not converged.
+    a = _nonsymmetric(N)
+    g = np.random.default_rng(4).normal(size=N)
+    apply_a = lambda v: jnp.asarray(a) @ v  # noqa: E731
+    step = lambda u: jnp.asarray(g) + apply_a(u)  # noqa: E731
+    tol = 1e-10 * np.linalg.norm(g)
+    res = splitting(step, lambda u: u, apply_a, jnp.asarray(g), scale=1.0, tol=tol,
+                    max_steps=5000)
+    assert bool(res.converged) and float(res.residual) <= tol
+    np.testing.assert_allclose(res.solution, np.linalg.solve(np.eye(N) - a, g), rtol=1e-8)
+    short = splitting(step, lambda u: u, apply_a, jnp.asarray(g), scale=1.0, tol=tol,
+                      max_steps=2)
+    assert int(short.steps) == 2 and not bool(short.converged)
+    v = np.asarray(short.solution)
+    np.testing.assert_allclose(float(short.residual), np.linalg.norm(g - (v - a @ v)), rtol=1e-10)
 
 
 def test_shaped_input():
