@@ -290,6 +290,7 @@ def test_checkpoint_round_trips_restore_identical_outputs(run, tmp_path):
     assert jax.tree.structure(stats) == jax.tree.structure(nnx.state(model, SolveStat))
 
 
+@pytest.mark.slow  # two models trained under nnx.vmap, ~10 s: CI runs it with the slow checks
 def test_vmap_ensemble_of_two_models_with_clipped_updates(digits):
     """Two models as one ``nnx.vmap`` ensemble (split rngs, as the Flax transforms guide creates
     stacked modules), trained under ``nnx.jit`` with ``optax.chain`` and clipping; each member

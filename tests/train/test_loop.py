@@ -108,6 +108,7 @@ def test_the_data_order_depends_on_seed_and_epoch_only():
     np.testing.assert_array_equal(np.sort(a), np.arange(100))
 
 
+@pytest.mark.slow  # end to end, ~10-15 s: CI runs it with the slow checks
 def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkeypatch):
     # Ctrl-C arrives during the 6th step: the state of step 5 is saved, and resuming from it
     # finishes with the uninterrupted run's state.
@@ -135,6 +136,7 @@ def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkey
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # end to end, ~10-15 s: CI runs it with the slow checks
 def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypatch, capsys):
     import optjax.train.loop as loop
 
