@@ -9,8 +9,9 @@ with :math:`A, B` dense ``(d, d)`` matrices or square linear maps (convolutions)
 :math:`m > 0`. Then :math:`I - W = m I + A^\top A - (B - B^\top)` has symmetric part
 :math:`\succeq m I`: the operator :math:`G(z) = (I - W) z - c` is :math:`m`-strongly monotone,
 and the equilibrium (:math:`0 \in G(z) + N_{\ge 0}(z)`) exists and is unique for every input.
-:math:`W` is not symmetric, so no objective is minimised; the backward system is solved with
-GMRES by default.
+:math:`W` is not symmetric, so no objective is minimised; ``backward="auto"`` solves the
+backward system with Peaceman--Rachford on the adjoint problem when the forward uses it
+(*Backward* below), with GMRES after forward-backward.
 
 **Solving** (the engine's ``solve_map``): forward-backward splitting
 :math:`z \leftarrow \operatorname{relu}(z - \alpha G(z)) = \operatorname{relu}((1 - \alpha) z +
