@@ -10,8 +10,8 @@ with eigenvalues in :math:`[0, s_\sigma\|W\|^2]`, so :math:`I - J` is symmetric 
 and conjugate gradients converge fast with a certified residual. With a prior :math:`J = P\,
 W^\top D W` (:math:`P` the prox's Jacobian) is not symmetric (unless :math:`P` is a multiple of
 the identity): use GMRES or fixed-point iteration. A monDEQ solved by Peaceman--Rachford
-solves its backward system with the same splitting (:class:`Splitting`). The phantom gradient replaces :math:`v` by a
-``k``-step damped Neumann sum; it is what differentiating ``k`` damped steps
+solves its backward system with the same splitting (:class:`Splitting`). The phantom gradient
+replaces :math:`v` by a ``k``-step damped Neumann sum; it is what differentiating ``k`` damped steps
 :math:`z \leftarrow (1 - \lambda) z + \lambda S(z)` started at :math:`z^\star` gives, and stays
 defined when :math:`I - J` is singular (non-unique equilibria, e.g. Halpern with
 :math:`\|W\| = 1`), where the exact implicit gradient does not exist.

@@ -49,7 +49,8 @@ heuristic. The monDEQ authors use
 :math:`\alpha = 1` and tune it by halving while the forward steps drop; on a trained
 Fashion-MNIST conv layer (:math:`m = 1`, :math:`L = 26`, batch of 64, tol :math:`10^{-3}`) the
 steps to tol were 91 at :math:`\alpha = 1`, 47 at 1/2, 35 at 1/4, 32 at 0.35 and 39 at
-:math:`1/\sqrt{mL} = 0.196`: within a quarter of the best, with no search. :math:`M^{-1}` is applied exactly, computed once
+:math:`1/\sqrt{mL} = 0.196`: within a quarter of the best, with no search.
+:math:`M^{-1}` is applied exactly, computed once
 per call (a step then costs one application of :math:`M^{-1}` and no product with
 :math:`W`): for dense
 :math:`A, B` an explicit inverse (the symmetric part of :math:`M` is :math:`\succeq (1 + \alpha
@@ -71,17 +72,17 @@ with :math:`\|M\|_2` computed exactly with the inverse. The solver runs on :math
 so its test :math:`\|y - \text{PR}(y)\| \le` tol implies the equilibrium residual
 :math:`\le` tol at :math:`z = \operatorname{relu}(u)`, the point handed to the engine.
 
-*Backward.* The backward system :math:`(I - J^	op) v = g`, :math:`J^	op v = W^	op D v`,
+*Backward.* The backward system :math:`(I - J^\top) v = g`, :math:`J^\top v = W^\top D v`,
 :math:`D = \operatorname{diag}(\operatorname{relu}'(Wz + c)) \in \{0, 1\}`, is again a strongly
-monotone inclusion: :math:`w = Dv` solves :math:`0 \in (I - W^	op) w - g + N_V(w)`,
-:math:`V = \{w : (I - D) w = 0\}`, and :math:`v = g + W^	op w`. Peaceman--Rachford with
-:math:`R_F = M^{-	op}(\cdot + lpha g)` (the transposed inverse, per frequency its conjugate
+monotone inclusion: :math:`w = Dv` solves :math:`0 \in (I - W^\top) w - g + N_V(w)`,
+:math:`V = \{w : (I - D) w = 0\}`, and :math:`v = g + W^\top w`. Peaceman--Rachford with
+:math:`R_F = M^{-\top}(\cdot + \alpha g)` (the transposed inverse, per frequency its conjugate
 transpose) and :math:`R_G = D` (the projection onto :math:`V`) solves it at the forward's rate
 and cost per step (``backward="splitting"``, what ``"auto"`` picks). Its residual is
-:math:`r = -W^	op D F(w)` with :math:`F(w) = (I - W^	op) w - g`, and as in the forward
-:math:`D F(w) = D M^	op (w - z_{1/2}) / lpha`, so :math:`\|r\| \le \|W\|\,\kappa\,\|d\|`,
-with :math:`\|W\| \le (1 + lpha + \|M\|) / lpha` (:math:`W = ((1 + lpha) I - M) /
-lpha`): the stopping test, after which the exact residual is computed once.
+:math:`r = -W^\top D F(w)` with :math:`F(w) = (I - W^\top) w - g`, and as in the forward
+:math:`D F(w) = D M^\top (w - z_{1/2}) / \alpha`, so :math:`\|r\| \le \|W\|\,\kappa\,\|d\|`,
+with :math:`\|W\| \le (1 + \alpha + \|M\|) / \alpha` (:math:`W = ((1 + \alpha) I - M) /
+\alpha`): the stopping test, after which the exact residual is computed once.
 
 **The map** the engine certifies and differentiates is :math:`S(z) = \operatorname{relu}(W z +
 c)` itself (same fixed points): ``info.residual`` is the equilibrium residual, and the backward
