@@ -172,47 +172,48 @@ def _resolvent_form(a, b) -> str | None:
     return None
 
 
+def _i_minus_w(m: float, a, b):
+    r"""``(form, K)``: :math:`K = I - W = mI + A^\top A - B + B^\top` as a dense matrix, or per
+    frequency of ``rfft2`` (``(H, W // 2 + 1, c, c)`` complex) for circular convolutions."""
+    form = _resolvent_form(a, b)
+    hi = jax.lax.Precision.HIGHEST
+    if form == "dense":
+        eye = jnp.eye(a.shape[0], dtype=a.dtype)
+        return form, m * eye + jnp.matmul(a.T, a, precision=hi) - b + b.T
+    if form == "fft":
+        ta, tb = a.transfer_matrices(), b.transfer_matrices()
+        adj = lambda t: jnp.conj(jnp.swapaxes(t, -1, -2))  # noqa: E731
+        eye = jnp.eye(ta.shape[-1], dtype=ta.dtype)
+        return form, m * eye + jnp.matmul(adj(ta), ta, precision=hi) - tb + adj(tb)
+    raise ValueError(_NO_RESOLVENT.format(a=type(a).__name__, b=type(b).__name__))
+
+
 def resolvent(m: float, a, b, alpha) -> Resolvent:
     r"""The exact resolvent :math:`(I + \alpha(I - W))^{-1}` of the monDEQ's linear part (no
     gradient), computed once: an explicit inverse for dense ``A, B``, one :math:`c \times c`
     inverse per frequency for circular :class:`~optjax.convolution.Conv2D` ``A, B`` (module
     docstring); and :math:`\|M\|_2`, exact (SVD, per frequency for the FFT form)."""
     a, b, alpha = jax.lax.stop_gradient((a, b, alpha))
-    form = _resolvent_form(a, b)
-    hi = jax.lax.Precision.HIGHEST
+    form, k = _i_minus_w(m, a, b)
+    mat = jnp.eye(k.shape[-1], dtype=k.dtype) + alpha * k
     if form == "dense":
-        eye = jnp.eye(a.shape[0], dtype=a.dtype)
-        mat = (1 + alpha * m) * eye + alpha * (jnp.matmul(a.T, a, precision=hi) - b + b.T)
-        return Resolvent(jnp.linalg.solve(mat, eye), jnp.linalg.norm(mat, 2))
-    if form == "fft":
-        from optjax.convolution import _one_by_one, _top_singular_value
+        return Resolvent(jnp.linalg.solve(mat, jnp.eye(k.shape[-1], dtype=k.dtype)),
+                         jnp.linalg.norm(mat, 2))
+    from optjax.convolution import _one_by_one, _top_singular_value
 
-        ta, tb = a.transfer_matrices(), b.transfer_matrices()
-        adj = lambda t: jnp.conj(jnp.swapaxes(t, -1, -2))  # noqa: E731
-        eye = jnp.eye(ta.shape[-1], dtype=ta.dtype)
-        mat = (1 + alpha * m) * eye + alpha * (jnp.matmul(adj(ta), ta, precision=hi) - tb + adj(tb))
-        norm = _top_singular_value(mat).astype(a.kernel.dtype)
-        return Resolvent(_one_by_one(jnp.linalg.inv, mat), norm, a.spatial)
-    raise ValueError(_NO_RESOLVENT.format(a=type(a).__name__, b=type(b).__name__))
+    norm = _top_singular_value(mat).astype(a.kernel.dtype)
+    return Resolvent(_one_by_one(jnp.linalg.inv, mat), norm, a.spatial)
 
 
 def _exact_lipschitz(m: float, a, b) -> jax.Array:
     r""":math:`\|I - W\|_2` exactly, where :math:`M^{-1}` has an exact form (dense: SVD;
     circular convolutions: the top singular value over the frequencies)."""
-    form = _resolvent_form(a, b)
-    hi = jax.lax.Precision.HIGHEST
+    form, k = _i_minus_w(m, a, b)
     if form == "dense":
-        i_w = m * jnp.eye(a.shape[0], dtype=a.dtype) + jnp.matmul(a.T, a, precision=hi) - b + b.T
-        return jnp.linalg.norm(i_w, 2)
-    if form == "fft":
-        from optjax.convolution import _top_singular_value
+        return jnp.linalg.norm(k, 2)
+    from optjax.convolution import _top_singular_value
 
-        ta, tb = a.transfer_matrices(), b.transfer_matrices()
-        adj = lambda t: jnp.conj(jnp.swapaxes(t, -1, -2))  # noqa: E731
-        eye = jnp.eye(ta.shape[-1], dtype=ta.dtype)
-        i_w = m * eye + jnp.matmul(adj(ta), ta, precision=hi) - tb + adj(tb)
-        return _top_singular_value(i_w).astype(a.kernel.dtype)
-    raise ValueError(_NO_RESOLVENT.format(a=type(a).__name__, b=type(b).__name__))
+    return _top_singular_value(k).astype(a.kernel.dtype)
 
 
 def peaceman_rachford_step(m: float, a, b) -> jax.Array:
