@@ -9,11 +9,13 @@ repetition so that the ratios share the machine's state::
     .venv/bin/python benchmarks/fashion_mnist.py --kind conv --families mondeq --epochs 1 \\
         --out benchmarks/out/fashion_mnist_1epoch          # the checkpoint (once; ~20 min)
     .venv/bin/python benchmarks/mondeq_solver.py --run benchmarks/out/fashion_mnist_1epoch/conv/mondeq_seed0
+    .venv/bin/python benchmarks/mondeq_solver.py --sweep default,1,0.5,0.35,0.25  # forward only
 
 Designs: ``alpha=1`` is the monDEQ authors' constant, ``default`` the library's
 ``1 / sqrt(m ||I - W||)``; ``gmres`` the generic backward, ``splitting`` Peaceman-Rachford on the
 adjoint problem (:class:`optjax.backward.Splitting`). The solver settings are the benchmark's
-(tol 1e-3, forward cap 50, backward tol 1e-2 capped at 20).
+(tol 1e-3, backward tol 1e-2; caps ``--max-steps`` 50 and ``--backward-max-steps`` 20 by
+default, the conv benchmark's monDEQ runs use 100 and 40).
 """
 
 from __future__ import annotations
@@ -62,11 +64,11 @@ def load(run_dir: pathlib.Path):
     return run, state, step
 
 
-def make_gradient(run, state, alpha, backward):
+def make_gradient(run, state, alpha, backward, max_steps=50, backward_max_steps=20):
     model = run.model(state, training=True)
     model.layer.alpha = alpha
-    model.layer.backward = optjax.backward.get(backward, tol=1e-2, max_steps=20)
-    model.layer.max_steps, model.layer.tol = 50, 1e-3
+    model.layer.backward = optjax.backward.get(backward, tol=1e-2, max_steps=backward_max_steps)
+    model.layer.max_steps, model.layer.tol = max_steps, 1e-3
 
     @nnx.jit
     def gradient(model, x, y, probe):
@@ -82,19 +84,46 @@ def make_gradient(run, state, alpha, backward):
     return model, gradient
 
 
+def sweep(run, state, batches, alphas: str, max_steps: int) -> int:
+    """Forward steps to tol 1e-3 for each alpha (step counts: deterministic, no timing)."""
+    model = run.model(state, training=False)
+    model.layer.max_steps, model.layer.tol = max_steps, 1e-3
+    forward = nnx.jit(lambda model, x: model(x, return_info=True)[1])
+    print("| alpha | fwd steps mean / max | converged |")
+    print("|---|---|---|")
+    for text in alphas.split(","):
+        model.layer.alpha = None if text.strip() == "default" else float(text)
+        infos = [forward(model, x) for x, _ in batches]
+        steps = jnp.concatenate([i.steps for i in infos])
+        ok = jnp.concatenate([i.converged for i in infos])
+        alpha = float(model.layer.step_size((14, 14)))
+        print(f"| {alpha:.3f}{' (default)' if model.layer.alpha is None else ''} | "
+              f"{float(steps.mean()):.1f} / {int(steps.max())} | {100 * float(ok.mean()):.1f}% |")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="benchmarks/out/fashion_mnist_1epoch/conv/mondeq_seed0")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=50, help="forward cap")
+    parser.add_argument("--backward-max-steps", type=int, default=20, help="backward cap")
+    parser.add_argument("--sweep", default="", metavar="ALPHAS",
+                        help="comma-separated alphas: print forward steps to tol for each "
+                             "('default' = 1/sqrt(m ||I - W||)) and stop")
     args = parser.parse_args(argv)
     run, state, step = load(pathlib.Path(args.run))
     x_all, y_all = run.data.x_test, run.data.y_test
     batches = [(jnp.asarray(x_all[i * 64:(i + 1) * 64]), jnp.asarray(y_all[i * 64:(i + 1) * 64]))
                for i in range(args.batches)]
     print(f"jax {jax.__version__}; monDEQ conv checkpoint step {step} of {args.run}; "
-          f"{args.batches} test batches of 64, {args.reps} repetitions")
-    built = {name: make_gradient(run, state, *design) for name, design in DESIGNS.items()}
+          f"{args.batches} test batches of 64, {args.reps} repetitions; tol 1e-3, forward cap "
+          f"{args.max_steps}, backward tol 1e-2 capped at {args.backward_max_steps}")
+    if args.sweep:
+        return sweep(run, state, batches, args.sweep, args.max_steps)
+    built = {name: make_gradient(run, state, *design, args.max_steps, args.backward_max_steps)
+             for name, design in DESIGNS.items()}
     times = {name: [] for name in DESIGNS}
     counts = {}
     for rep in range(args.reps + 1):  # rep 0 compiles and counts

@@ -201,6 +201,13 @@ class _Equilibrium(EquilibriumModule):
     def _dtype(self, x, *params):
         return jnp.result_type(x.dtype, *(p.dtype for p in params))
 
+    def _problem_step(self, dtype, *spatial):
+        """A monDEQ's ``MonDEQProblem.step``: None for Peaceman--Rachford's default (the problem
+        computes it from the I - W it builds for the resolvent), else :meth:`step_size`."""
+        if self.alpha is None and self.splitting == "peaceman_rachford":
+            return None
+        return self.step_size(*spatial).astype(dtype)
+
 
 # --- DEQ ----------------------------------------------------------------------------------------
 
@@ -429,7 +436,7 @@ class MonDEQDense(_Equilibrium):
         dtype = self._dtype(x, a, self.input_weight[...])
         c = x.astype(dtype) @ self.input_weight[...].T.astype(dtype) + self.bias[...].astype(dtype)
         problem = MonDEQProblem(a.astype(dtype), b.astype(dtype), self.m,
-                                step=self.step_size().astype(dtype), splitting=self.splitting)
+                                step=self._problem_step(dtype), splitting=self.splitting)
         return _solve(self, problem, c, init, return_info, backward_probe)
 
 
@@ -523,6 +530,6 @@ class MonDEQConv(_Equilibrium):
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))
         c = c + self.bias[...].astype(dtype)
         a, b = self._maps(x.shape[1:3], dtype)
-        problem = MonDEQProblem(a, b, self.m, step=self.step_size(x.shape[1:3]).astype(dtype),
+        problem = MonDEQProblem(a, b, self.m, step=self._problem_step(dtype, x.shape[1:3]),
                                 splitting=self.splitting)
         return _solve(self, problem, c, init, return_info, backward_probe)
