@@ -8,8 +8,9 @@ repetition so that the ratios share the machine's state::
 
     .venv/bin/python benchmarks/fashion_mnist.py --kind conv --families mondeq --epochs 1 \\
         --out benchmarks/out/fashion_mnist_1epoch          # the checkpoint (once; ~20 min)
-    .venv/bin/python benchmarks/mondeq_solver.py --run benchmarks/out/fashion_mnist_1epoch/conv/mondeq_seed0
-    .venv/bin/python benchmarks/mondeq_solver.py --sweep default,1,0.5,0.35,0.25  # forward only
+    .venv/bin/python benchmarks/mondeq_solver.py \\
+        --run benchmarks/out/fashion_mnist_1epoch/conv/mondeq_seed0
+    .venv/bin/python benchmarks/mondeq_solver.py --sweep default,1,0.5,0.35  # forward only
 
 Designs: ``alpha=1`` is the monDEQ authors' constant, ``default`` the library's
 ``1 / sqrt(m ||I - W||)``; ``gmres`` the generic backward, ``splitting`` Peaceman-Rachford on the

@@ -314,10 +314,10 @@ class MonDEQMap:
         return AdjointSplitting(step, solution, scale)
 
     def _scale(self, params, dtype):
-        """y = scale * (the splitting's variable): FB ``1 / min(alpha, 1)``, PR ``max(1, 1/alpha) / 2``,
-        times
-        ``1 + 2^-8``: the two residuals can be equal in exact arithmetic (FB where the active
-        set is settled), and the margin absorbs their rounding."""
+        """y = scale * (the splitting's variable): FB ``1 / min(alpha, 1)``, PR
+        ``max(1, 1/alpha) / 2``, times ``1 + 2^-8``: the two residuals can be equal in exact
+        arithmetic (FB where the active set is settled, PR where every component stays active),
+        and the margin absorbs their rounding."""
         if self.splitting == "forward_backward":
             scale = 1.0 / jnp.minimum(params[2], 1.0)
         else:
