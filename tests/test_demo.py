@@ -85,3 +85,6 @@ def test_fashion_mnist_benchmark_quick_run_writes_its_rows(tmp_path):
                      "--batches", "1", "--reps", "1")
     for design in ("alpha=1, gmres", "default, splitting"):
         assert f"| {design} |" in stdout
+    stdout = _script("mondeq_solver.py", "--run", str(out / "conv" / "mondeq_seed0"),
+                     "--batches", "1", "--sweep", "default,1")
+    assert "(default) |" in stdout and "| 1.000 |" in stdout, stdout
