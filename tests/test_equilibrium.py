@@ -90,7 +90,8 @@ def test_max_steps_reached_is_reported_per_sample():
         optjax.check(info)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", [  # anderson compiles for ~12 s: with --run-slow
+    pytest.param(s, marks=pytest.mark.slow) if s == "anderson" else s for s in SOLVERS])
 def test_jit_vmap_grad_compose_with_every_solver(solver):
     problem, x = random_problem(6, norm=0.8)
     # Halpern converges like 1/k: a looser tolerance keeps the test short.

@@ -130,6 +130,7 @@ def test_phantom_gradient_is_the_gradient_of_damped_steps_from_the_equilibrium(s
         np.testing.assert_allclose(grad[key], expected[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
+@pytest.mark.slow  # ~8 s; the phantom's exact formula is checked by the damped-steps test above
 def test_phantom_gradient_approaches_the_implicit_gradient():
     problem, params, f, target = _setup(5)
     exact = jax.grad(_loss_fn(problem, f, target, tol=1e-14, max_steps=5000))(params)["w"]
@@ -229,7 +230,8 @@ def test_phantom_never_reports_an_exact_looking_convergence():
     assert np.all(np.asarray(stats.residual) > 1e-6 * np.linalg.norm(target, axis=1))
 
 
-@pytest.mark.parametrize("backward", ["cg", "gmres", "fixed_point", "phantom"])
+@pytest.mark.parametrize("backward", [
+    "cg", pytest.param("gmres", marks=pytest.mark.slow), "fixed_point", "phantom"])
 def test_a_nonfinite_sample_does_not_poison_the_batch(backward):
     problem, params, _, target = _setup(9, norm=0.9)
     x = params["x"].at[1, 0].set(jnp.nan)  # sample 1 is broken

@@ -25,7 +25,13 @@ def digits():
     return jnp.asarray(x), jnp.asarray(data.target)
 
 
-@pytest.mark.parametrize("family,kind", CASES)
+# OptEq dense and the explicit models by default; the other implicit ones with --run-slow
+# (compilation costs 7-10 s each; their gradients and train steps are checked elsewhere).
+TRAIN_CASES = [pytest.param(*case, marks=() if case[0] == "explicit" or case == ("opteq", "dense")
+                            else pytest.mark.slow) for case in CASES]
+
+
+@pytest.mark.parametrize("family,kind", TRAIN_CASES)
 def test_thirty_steps_on_digits_lower_the_loss(digits, family, kind):
     with jax.enable_x64(False):  # float32 training, as users run it
         _train(digits, family, kind)

@@ -65,6 +65,7 @@ def test_nnx_jit_and_sequential():
     assert int(stats.samples[...]) == 3 and float(stats.converged_share[...]) == 1.0
 
 
+@pytest.mark.slow  # 100 optimizer steps, ~7 s
 def test_convexity_holds_after_100_random_optimizer_steps():
     rho = 0.9
     model = DeepOptEq(3, (6, 4, 5, 2), rho=rho, rngs=nnx.Rngs(0))

@@ -174,10 +174,13 @@ def _run(kind, name, digits):
     return _RUNS[kind, name]
 
 
-# Every layer in the model with BatchNorm and Dropout; in the plain model, OptEqDense by default
-# and the others with --run-slow (compilation costs seconds per run; the plain model's own
-# concern, nnx.view's keywords, is checked for every layer below without compiling).
-RUNS = [pytest.param(("batchnorm", name), id=f"batchnorm-{name}") for name in LAYERS] + [
+# Every layer in the model with BatchNorm and Dropout (the DEQ and monDEQ baselines with
+# --run-slow); in the plain model, OptEqDense by default and the others with --run-slow
+# (compilation costs seconds per run; the plain model's own concern, nnx.view's keywords, is
+# checked for every layer below without compiling).
+RUNS = [pytest.param(("batchnorm", name), id=f"batchnorm-{name}",
+                     marks=pytest.mark.slow if name in ("deq_dense", "mondeq_dense") else ())
+        for name in LAYERS] + [
     pytest.param(("plain", name), id=f"plain-{name}",
                  marks=() if name == "opteq_dense" else pytest.mark.slow) for name in LAYERS]
 

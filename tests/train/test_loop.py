@@ -90,6 +90,7 @@ def test_resume_refuses_options_that_fix_the_model_or_the_data_order(full_run, c
         run(tiny_config(full_run.config.out_dir, **change), resume=True)
 
 
+@pytest.mark.slow  # three runs, ~8 s
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path):
     first = run(tiny_config(tmp_path, stop_after=2))
     with pytest.raises(ConfigError, match="already holds checkpoints.*--resume.*--overwrite"):
