@@ -78,8 +78,8 @@ for any :math:`u` (also an extrapolated one), with equality when every component
 and :math:`\alpha \le 1`. The solver runs on :math:`y = \kappa u`, so its test :math:`\|y -
 \text{PR}(y)\| \le` tol implies the equilibrium residual :math:`\le` tol at :math:`z_{1/2}`.
 (At :math:`z = \operatorname{relu}(u)` the same argument needs :math:`\|M\|_2/(2\alpha)`, up to
-:math:`1 + \alpha L` times larger: 6 to 10 on trained Fashion-MNIST conv layers, where stopping
-at :math:`z_{1/2}` saves 14-23% of the forward steps.)
+:math:`1 + \alpha L` times larger: 6 to 11 on trained Fashion-MNIST conv layers, where stopping
+at :math:`z_{1/2}` saves 14-31% of the forward steps.)
 
 *Backward.* The backward system :math:`(I - J^\top) v = g`, :math:`J^\top v = W^\top D v`,
 :math:`D = \operatorname{diag}(\operatorname{relu}'(Wz + c)) \in \{0, 1\}`, is again a strongly
