@@ -12,7 +12,11 @@ Backward (see :mod:`optjax.backward`): per sample, solve :math:`(I - J^\top) v =
 :math:`z^\star`; then one batched VJP of :math:`S` with respect to the shared parameters and the
 per-sample data gives their cotangents. Nothing of the forward iterations is stored: memory is
 that of one evaluation of :math:`S`. The gradient depends only on the fixed point, not on the
-solver.
+solver. Each sample's system is solved for :math:`g / s` with :math:`s` a power of two near
+:math:`\max_i |g_i|`, and :math:`v` scaled back (exact: the system is linear and the division
+rounds nothing), so the relative tolerance means the same for a learnt sample whose
+:math:`\|g\|` is :math:`10^{-20}` as for any other; unscaled, :math:`\|g\|^2` underflows in
+float32 and the solve either stalls or returns :math:`v = 0` as converged.
 
 Non-finite samples: a sample whose equilibrium or data holds NaN/Inf contributes nothing to the
 gradients of the shared parameters (it cannot poison the batch); its own data cotangent is 0 when
@@ -162,6 +166,16 @@ def _rows_where(keep, tree, fill):
     return jax.tree_util.tree_map(pick, tree)
 
 
+def _power_of_two_near_max(g: jax.Array) -> jax.Array:
+    """``2^(e-1)`` with ``max|g|`` in ``[2^(e-1), 2^e)``; 1 where g is 0 or not finite (or the
+    power would underflow). Dividing by it rounds nothing and never overflows."""
+    top = jnp.max(jnp.abs(g))
+    _, exponent = jnp.frexp(top)
+    scale = jnp.ldexp(jnp.ones((), g.dtype), exponent - 1)
+    usable = jnp.isfinite(top) & (top > 0) & (scale >= jnp.finfo(g.dtype).tiny)
+    return jnp.where(usable, scale, jnp.ones((), g.dtype))
+
+
 def _warn_backward(failed):
     # One fixed text, so that Python's default filter shows it once per process, not per step;
     # the per-sample figures are in the backward statistics (optjax.backward_probe).
@@ -187,7 +201,7 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
 
     structured = getattr(map_fn, "jacobian_transpose", None)
 
-    def one(z_i, data_i, g_i):
+    def solve_one(z_i, data_i, g_i):
         if structured is not None:
             apply_a = structured(z_i, params, data_i)
         else:
@@ -198,7 +212,16 @@ def _bwd(map_fn, solver, backward, tol, max_steps, residuals, cotangents):
                                           apply_a, g_i)
         else:
             result = backward.solve(apply_a, g_i)
-        return result.solution, result
+        return result
+
+    def one(z_i, data_i, g_i):
+        # The system is linear in g: solve it for g / s and scale back, s a power of two
+        # (exact in floating point) near max|g|, so that a tiny g (a confidently classified
+        # sample) is solved as accurately as any other instead of underflowing in ||g||^2.
+        scale = _power_of_two_near_max(g_i)
+        result = solve_one(z_i, data_i, g_i / scale)
+        return result.solution * scale, result._replace(
+            solution=None, residual=result.residual * scale)
 
     v, result = jax.vmap(one)(z_safe, data_safe, g_safe)
     v = _rows_where(ok, v, 0.0)

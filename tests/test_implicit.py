@@ -269,3 +269,31 @@ def test_a_nonfinite_sample_in_the_loss_gives_a_nan_input_gradient_only_there():
     g_w, g_x = jax.grad(loss, argnums=(0, 1))(problem.weight, x)
     assert bool(jnp.all(jnp.isfinite(g_w)))
     assert bool(jnp.all(jnp.isnan(g_x[1]))) and bool(jnp.all(jnp.isfinite(g_x[jnp.array([0, 2])])))
+
+
+@pytest.mark.parametrize("backward", ["cg", "gmres", "fixed_point"])
+def test_the_backward_solve_is_exact_at_any_scale_of_the_loss_gradient(backward):
+    """The backward system is linear in g: a sample whose loss gradient is 1e-30 times another's
+    (a confidently classified sample late in training) has a gradient 1e-30 times as large,
+    solved as accurately, in float32. Before scaling g the float32 loop read ||g||^2 = 0 as
+    "converged" and returned v = 0, or stalled above a tolerance below rounding."""
+    problem32, x = random_problem(40, d=7, n=9, p=4, batch=4, norm=0.95, dtype=jnp.float32)
+    scales = jnp.asarray([1.0, 1e-12, 1e-22, 1e-30], jnp.float32)
+    target = jnp.asarray(np.random.default_rng(41).normal(size=(4, 7)), jnp.float32)
+
+    def grad_x(problem, x, scales, target):
+        def loss(x, probe):
+            z, _ = optjax.equilibrium(problem, x, tol=1e-6, max_steps=500, backward=backward,
+                                      backward_probe=probe)
+            return jnp.sum(scales[:, None] * target * z)
+        return jax.grad(loss, argnums=(0, 1))(x, optjax.backward_probe(4, x.dtype))
+
+    g32, stats = grad_x(problem32, x, scales, target)
+    assert np.all(np.asarray(stats.converged) == 1.0), np.asarray(stats.residual)
+    # float64 reference at scale 1 (the same equilibria, solved in float64)
+    problem64 = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if hasattr(a, "astype") else a, problem32)
+    g64, _ = grad_x(problem64, x.astype(jnp.float64), jnp.ones(4), target.astype(jnp.float64))
+    rescaled = np.asarray(g32, np.float64) / np.asarray(scales, np.float64)[:, None]
+    # float32 solves to a relative residual 3e-5: errors up to 3e-5 / (1 - 0.95) of ||g||
+    np.testing.assert_allclose(rescaled, np.asarray(g64), rtol=1e-3, atol=2e-4)
