@@ -220,6 +220,33 @@ def test_splitting_backward_solves_the_adjoint_system(kind):
     assert problem.auto_backward == "splitting"
 
 
+def test_float32_splitting_backward_is_exact_at_any_scale_of_the_loss_gradient():
+    """A learnt sample's loss gradient may be 1e-30 of another's: its input cotangent is then
+    1e-30 times the dense solve's, converged, in float32 (||g||^2 underflows if unscaled)."""
+    problem = _conv_problem(seed=24, splitting="peaceman_rachford")
+    problem = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), problem)
+    x = _inputs(problem, batch=3, seed=25).astype(jnp.float32)
+    scales = np.asarray([1.0, 1e-22, 1e-30])
+    g = jnp.asarray(_rng(26).normal(size=x.shape) * scales[:, None, None, None], jnp.float32)
+
+    def loss(x, probe):
+        z, _ = optjax.equilibrium(problem, x, tol=1e-5, max_steps=500,
+                                  backward_options=dict(tol=1e-4, max_steps=200),
+                                  backward_probe=probe)
+        return jnp.sum(g * z), z
+
+    (x_bar, stats), z = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+        x, optjax.backward_probe(3, jnp.float32))
+    assert bool(jnp.all(stats.converged == 1)), stats
+    _, _, w = _matrices(jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), problem))
+    for zi, ci, gi, bar, s in zip(_flat(z).astype(np.float64), _flat(x).astype(np.float64),
+                                  _flat(g).astype(np.float64), _flat(x_bar), scales):
+        d = np.diag((w @ zi + ci > 0).astype(float))
+        v = np.linalg.solve(np.eye(len(zi)) - w.T @ d, gi / s)
+        np.testing.assert_allclose(bar.astype(np.float64) / s, d @ v,
+                                   atol=1e-3 * np.linalg.norm(v))
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_backward_stopping_test_bounds_the_linear_residual_at_any_point(kind):
     """The adjoint splitting's bound ||g - (I - W^T D) solution(u)|| <= scale ||u - step(u)||
