@@ -338,10 +338,38 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_summary(rows: list[dict]) -> str:
+    """Test accuracy over seeds per family (rows of the same epochs and training size as the
+    family's first), with the per-seed difference to OptEq on the seeds both have: a paired
+    comparison, since a seed fixes the initialisation and the data order for every family."""
+    by_family: dict[str, dict[int, float]] = {}
+    first: dict[str, dict] = {}
+    for r in rows:
+        head = first.setdefault(r["family"], r)
+        if (r["epochs"], r["train_size"]) == (head["epochs"], head["train_size"]):
+            by_family.setdefault(r["family"], {})[r["seed"]] = 100 * r["test_accuracy"]
+    opteq = by_family.get("opteq", {})
+    lines = ["| family | seeds | test acc per seed | mean | sd | OptEq minus family, per seed | "
+             "mean difference |", "|---|---|---|---|---|---|---|"]
+    for family, accs in by_family.items():
+        seeds = sorted(accs)
+        values = [accs[s] for s in seeds]
+        sd = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-"
+        shared = [s for s in seeds if s in opteq] if family != "opteq" else []
+        diffs = [opteq[s] - accs[s] for s in shared]
+        lines.append(
+            f"| {family} | {', '.join(map(str, seeds))} | "
+            f"{' / '.join(f'{v:.2f}' for v in values)} | {statistics.mean(values):.2f}% | {sd} | "
+            f"{' / '.join(f'{d:+.2f} (seed {s})' for d, s in zip(diffs, shared)) or '-'} | "
+            f"{f'{statistics.mean(diffs):+.2f}' if diffs else '-'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.report:
-        print(report(load_rows(pathlib.Path(args.results))))
+        rows = load_rows(pathlib.Path(args.results))
+        print(report(rows) + "\n\n" + seed_summary(rows))
         return 0
     if args.measure_backward:
         return measure_backward(pathlib.Path(args.results), pathlib.Path(args.out),

@@ -1,5 +1,6 @@
 """The demo and the benchmark scripts run end to end on small sizes (marked slow: they check the
-scripts, not the library; CI runs them with the slow checks)."""
+scripts, not the library; CI runs them with the slow checks); the Fashion-MNIST report on rows
+written here (quick)."""
 
 import json
 import pathlib
@@ -88,3 +89,25 @@ def test_fashion_mnist_benchmark_quick_run_writes_its_rows(tmp_path):
     stdout = _script("mondeq_solver.py", "--run", str(out / "conv" / "mondeq_seed0"),
                      "--batches", "1", "--sweep", "default,1")
     assert "(default) |" in stdout and "| 1.000 |" in stdout, stdout
+
+
+def _row(family, seed, accuracy, epochs=10):
+    return dict(family=family, kind="conv", width=8, params=1000, seed=seed, epochs=epochs,
+                train_size=60000, test_accuracy=accuracy, epoch_seconds=10.0,
+                forward_steps_mean=None if family == "explicit" else 5.0,
+                forward_steps_max=None if family == "explicit" else 7.0,
+                converged_fraction=None if family == "explicit" else 1.0, bound_max=None)
+
+
+def test_fashion_mnist_report_summarises_seeds_as_paired_differences(tmp_path):
+    rows = [_row("opteq", 0, 0.90), _row("deq", 0, 0.91), _row("opteq", 1, 0.92),
+            _row("deq", 1, 0.905), _row("opteq", 2, 0.91), _row("deq", 2, 0.88, epochs=1)]
+    results = tmp_path / "rows.json"
+    results.write_text(json.dumps(rows))
+    stdout = _script("fashion_mnist.py", "--report", "--results", str(results))
+    lines = {line.split(" | ")[0]: line for line in stdout.splitlines()
+             if line.startswith("| opteq | 0, 1, 2") or line.startswith("| deq | 0, 1 |")}
+    # opteq 90, 92, 91: mean 91, sample sd 1; deq (the 1-epoch row left out) 91, 90.5
+    assert "| 90.00 / 92.00 / 91.00 | 91.00% | 1.00 |" in lines["| opteq"], stdout
+    assert "| 91.00 / 90.50 | 90.75% | 0.35 | -1.00 (seed 0) / +1.50 (seed 1) | +0.25 |" \
+        in lines["| deq"], stdout
