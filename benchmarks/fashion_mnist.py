@@ -307,7 +307,10 @@ def save_row(path: pathlib.Path, row: dict) -> None:
 
 
 def report(rows: list[dict]) -> str:
-    """The committed rows as a table; time ratios to OptEq of the same seed."""
+    """The committed rows as a table, by family (in order of first appearance) then seed; time
+    ratios to OptEq of the same seed."""
+    order = {f: i for i, f in enumerate(dict.fromkeys(r["family"] for r in rows))}
+    rows = sorted(rows, key=lambda r: (order[r["family"]], r["seed"]))
     opteq = {r["seed"]: r["epoch_seconds"] for r in rows if r["family"] == "opteq"}
     lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
               "fwd steps test (mean / max) | converged (test) | converged (train, last "
