@@ -18,6 +18,8 @@ defined when :math:`I - J` is singular (non-unique equilibria, e.g. Halpern with
 
 Tolerances are relative: a sample stops when :math:`\|g - (I - J^\top) v\| \le
 \text{tol}\,\|g\|`; ``tol=None`` means :math:`\max(10^{-12}, 256\,\varepsilon)` of the dtype.
+The engine solves each sample's system for :math:`g` divided by a power of two near its largest
+entry (:mod:`optjax.implicit`), so this holds however small :math:`g` is.
 A sample that stops above it (``max_steps`` reached) is reported in the backward statistics
 (``converged = 0``) and, with ``on_failure="warn"`` (the default), by an
 :class:`~optjax.info.EquilibriumWarning`; ``on_failure="ignore"`` keeps quiet. The phantom
