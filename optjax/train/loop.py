@@ -23,6 +23,8 @@ import io
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -47,6 +49,36 @@ from optjax.train.step import (TrainState, init_state, make_eval_step, make_opti
                                make_train_step, split_model)
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "epoch_order"]
+
+
+class _StopOnInterrupt:
+    """Ctrl-C (SIGINT) during training asks for a stop at the next step boundary, so that it
+    never lands inside a checkpoint write or a library call that could swallow the
+    KeyboardInterrupt; a second Ctrl-C interrupts at once. Installed only in the main thread
+    (where Python runs signal handlers); the previous handler is restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            previous = self._previous
+            signal.signal(signal.SIGINT,
+                          signal.default_int_handler if previous is None else previous)
+        return False
 
 
 class TrainingDiverged(RuntimeError):
@@ -246,7 +278,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                     _accumulate(sums, k, r.get(k, math.nan))  # older logs lack some
     ending = "finished"
     rows = sharding.process_rows(bs)
-    with reporter:
+    with reporter, _StopOnInterrupt() as interrupt:
         try:
             for s in range(start, end):
                 epoch, b = divmod(s, spe)
@@ -277,6 +309,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                         checkpoints.save(state, epoch=epoch)
                 if config.checkpoint_every and (s + 1) % config.checkpoint_every == 0:
                     checkpoints.save(state, epoch=epoch)
+                if interrupt.requested:
+                    ending = "interrupted"
+                    break
         except KeyboardInterrupt:
             ending = "interrupted"
     step = int(sharding.host_value(state.step))
