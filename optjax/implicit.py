@@ -14,7 +14,7 @@ per-sample data gives their cotangents. Nothing of the forward iterations is sto
 that of one evaluation of :math:`S`. The gradient depends only on the fixed point, not on the
 solver. Each sample's system is solved for :math:`g / s` with :math:`s` a power of two near
 :math:`\max_i |g_i|`, and :math:`v` scaled back (exact: the system is linear and the division
-rounds nothing), so the relative tolerance means the same for a learnt sample whose
+rounds nothing above the subnormal range), so the relative tolerance means the same for a learnt sample whose
 :math:`\|g\|` is :math:`10^{-20}` as for any other; unscaled, :math:`\|g\|^2` underflows in
 float32 and the solve either stalls or returns :math:`v = 0` as converged.
 
@@ -168,7 +168,8 @@ def _rows_where(keep, tree, fill):
 
 def _power_of_two_near_max(g: jax.Array) -> jax.Array:
     """``2^(e-1)`` with ``max|g|`` in ``[2^(e-1), 2^e)``; 1 where g is 0 or not finite (or the
-    power would underflow). Dividing by it rounds nothing and never overflows."""
+    power would underflow). Dividing by it never overflows and rounds nothing except entries
+    that fall below the smallest normal number (under 2^-126 of max|g| in float32)."""
     top = jnp.max(jnp.abs(g))
     _, exponent = jnp.frexp(top)
     scale = jnp.ldexp(jnp.ones((), g.dtype), exponent - 1)
