@@ -51,7 +51,7 @@ import time
 
 import jax
 
-from optjax.nn.classifiers import matched_width
+from optjax.nn.classifiers import HEAD_UNITS, matched_size, matched_width
 from optjax.train.config import TrainConfig
 from optjax.train.loop import train
 from optjax.train.model import layer_options
@@ -90,6 +90,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--kind", choices=("dense", "conv"), default="dense")
     parser.add_argument("--target", type=int, default=None,
                         help="parameter budget per model (dense 120000, conv 100000)")
+    parser.add_argument("--match-head", action="store_true",
+                        help="conv: also tune the head's hidden units so that every family "
+                             "lands within about 1%% of --target (matched_size; needed at small "
+                             "budgets, where one channel moves the count by about 14%%)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=60000,
                         help="first n training images (60000: all)")
@@ -169,14 +173,28 @@ def base_config(args) -> TrainConfig:
         anderson_ridge=args.anderson_ridge or None, progress=False, plots=False)
 
 
+def setting(base: TrainConfig, target: int) -> str:
+    """The folder of a (budget, augmentation) setting under ``--out/<kind>/``: empty for the
+    recorded conv comparison (100,000 parameters, augmented), else e.g. ``p15000_noaug``."""
+    augmented = bool(base.augment_crop or base.augment_flip)
+    if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented):
+        return ""
+    return f"p{target}_{'aug' if augmented else 'noaug'}"
+
+
 def run_family(base: TrainConfig, family: str, seed: int, target: int, out: pathlib.Path,
-               resume: bool = False, caps: dict | None = None) -> dict:
+               resume: bool = False, caps: dict | None = None, match_head: bool = False) -> dict:
     config = base.replace(family=family, seed=seed,
-                          out_dir=str(out / base.kind / f"{family}_seed{seed}"),
+                          out_dir=str(out / base.kind / setting(base, target) / f"{family}_seed{seed}"),
                           **(caps or {}).get(family, {}))
-    width, count = matched_width(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
-                                 closest=base.kind == "conv", **layer_options(config))
-    config = config.replace(width=width)
+    if match_head:
+        width, head, count = matched_size(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
+                                          **layer_options(config))
+    else:
+        (width, count), head = matched_width(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
+                                             closest=base.kind == "conv",
+                                             **layer_options(config)), HEAD_UNITS
+    config = config.replace(width=width, head_units=head)
     t0 = time.perf_counter()
     started = (config.out_path / "checkpoints").is_dir() and any(
         (config.out_path / "checkpoints").iterdir())
@@ -192,7 +210,9 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
     return {
         "family": family, "kind": base.kind, "seed": seed, "epochs": base.epochs,
         "train_size": base.train_subset or 60000, "test_size": report.num_samples,
-        "width": width, "params": result.run.num_params,
+        "width": width, "head_units": head, "target": target,
+        "augmented": bool(base.augment_crop or base.augment_flip),
+        "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
         "epoch_times": times, "wall_time": wall,
@@ -231,7 +251,9 @@ def table(rows: list[dict]) -> str:
 def result_row(r: dict, config: dict) -> dict:
     """The committed row: the fields RESULTS.md and the issue name, then the details."""
     return {
-        "family": r["family"], "kind": r["kind"], "width": r["width"], "params": r["params"],
+        "family": r["family"], "kind": r["kind"], "width": r["width"],
+        "head_units": r["head_units"], "target": r["target"], "augmented": r["augmented"],
+        "params": r["params"],
         "seed": r["seed"], "epochs": r["epochs"], "train_size": r["train_size"],
         "test_size": r["test_size"], "test_accuracy": r["test_accuracy"],
         "test_loss": r["test_loss"], "epoch_seconds": r["epoch_time"],
@@ -292,8 +314,18 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
     return 0
 
 
+def _key(row: dict) -> tuple:
+    """What makes two rows the same run; rows written before the sweep had no target and
+    augmentation fields: they are the recorded comparison's (kind default, augmented conv)."""
+    kind = row.get("kind")
+    target = row.get("target") or DEFAULTS.get(kind, {}).get("target")
+    augmented = row.get("augmented", kind == "conv")
+    return tuple(row.get(k) for k in ("family", "kind", "seed", "epochs", "train_size")) + (
+        target, augmented)
+
+
 def _same_run(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("family", "kind", "seed", "epochs", "train_size"))
+    return _key(a) == _key(b)
 
 
 def load_rows(path: pathlib.Path) -> list[dict]:
@@ -399,16 +431,17 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for family in args.families:
             probe = {"family": family, "kind": args.kind, "seed": seed, "epochs": args.epochs,
-                     "train_size": args.train_subset}
+                     "train_size": args.train_subset, "target": args.target,
+                     "augmented": bool(base.augment_crop or base.augment_flip)}
             done = [r for r in load_rows(results) if _same_run(r, probe)]
             if args.resume and done:
                 print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)
                 continue
             r = run_family(base, family, seed, args.target, out, resume=args.resume,
-                           caps=args.family_caps)
+                           caps=args.family_caps, match_head=args.match_head)
             rows.append(r)
             save_row(results, result_row(r, base.replace(
-                family=family, seed=seed, width=r["width"],
+                family=family, seed=seed, width=r["width"], head_units=r["head_units"],
                 **args.family_caps.get(family, {})).to_dict()))
             print(f"[{family} seed {seed}] width {r['width']}, {r['params']:,} parameters: test "
                   f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "

@@ -256,7 +256,8 @@ class Checkpoints:
 
     def _check_compatible(self, meta, template, step: int) -> None:
         model = self.config.model_fields()
-        saved = meta.get("model", {})
+        # A checkpoint written before a model option existed was written with its default.
+        saved = {**type(self.config)().model_fields(), **meta.get("model", {})}
         diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in model.items()
                 if saved.get(k) != v]
         if diff:

@@ -51,7 +51,8 @@ class TrainConfig(Config):
     ``train_subset`` / ``test_subset`` to keep only the first n samples (quick runs).
 
     Model: ``family`` (opteq | deq | mondeq | deep_opteq | explicit), ``kind`` (dense | conv),
-    ``width`` (features or channels of the equilibrium state), ``activation``, ``rho``
+    ``width`` (features or channels of the equilibrium state), ``head_units`` (hidden units of
+    the conv head), ``activation``, ``rho``
     (``||W|| <= rho``, OptEq families), forward ``solver`` (None: the layer's default), ``tol``,
     ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
     solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
@@ -84,6 +85,7 @@ class TrainConfig(Config):
     family: str = "opteq"
     kind: str = "conv"
     width: int = 32
+    head_units: int = 32
     activation: str = "relu"
     rho: float = 0.95
     solver: str | None = None
@@ -137,7 +139,10 @@ class TrainConfig(Config):
                 f"{name}.solver must be one of {', '.join(_solvers.SOLVERS)} (or None: the "
                 f"layer's default), got {self.solver!r}")
         _check_activation(self.family, self.activation)
-        for field in ("width", "max_steps", "backward_steps", "epochs", "batch_size",
+        require(self.kind == "conv" or self.head_units == 32,
+                f"{name}.head_units sets the hidden head of a conv classifier; the dense "
+                f"classifier has none: drop it (got {self.head_units})")
+        for field in ("width", "head_units", "max_steps", "backward_steps", "epochs", "batch_size",
                       "keep_checkpoints", "eval_batch_size"):
             positive_int(name, field, getattr(self, field))
         for field in ("train_subset", "test_subset", "stop_after"):
@@ -172,7 +177,7 @@ class TrainConfig(Config):
 
 
 #: The model: its parameter layout and what its weights mean.
-MODEL_FIELDS = ("dataset", "family", "kind", "width", "activation")
+MODEL_FIELDS = ("dataset", "family", "kind", "width", "head_units", "activation")
 #: What a step number means: the batch of step s comes from (seed, epoch) and the position in
 #: an epoch of num_train // batch_size steps.
 DATA_ORDER_FIELDS = ("train_subset", "batch_size", "seed")
@@ -183,7 +188,7 @@ OUTPUT_FIELDS = ("data_dir", "out_dir", "stop_after", "checkpoint_every", "keep_
 _FIXED_REASONS = {
     "dataset": "the input shape, the classes and the data",
     "family": "the parameter layout", "kind": "the parameter layout",
-    "width": "the parameter layout",
+    "width": "the parameter layout", "head_units": "the parameter layout",
     "activation": "the function the trained weights compute",
     "train_subset": "which samples an epoch holds, so what a step number means",
     "batch_size": "the number of steps per epoch, so what a step number means",
@@ -210,6 +215,9 @@ def resume_changes(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
     differs, with what it fixes."""
     now = config.to_dict()
     fixed = fixed_on_resume()
+    # A checkpoint written before an option existed ran with that option's default.
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: defaults[k] for k in now if k not in saved}, **saved}
     refused = [f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r}: {fixed[k]})" for k in fixed
                if saved.get(k) != now[k]]
     if refused:

@@ -49,7 +49,8 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
 def build_model(config: TrainConfig, input_shape, num_classes: int) -> ImplicitClassifier:
     """A fresh classifier; its initialisation depends only on ``config.seed``."""
     return ImplicitClassifier(config.family, config.kind, input_shape, num_classes, config.width,
-                              rngs=nnx.Rngs(config.seed), **layer_options(config))
+                              rngs=nnx.Rngs(config.seed), head_units=config.head_units,
+                              **layer_options(config))
 
 
 STAT_NAMES = ("steps", "residual", "converged", "suboptimality_bound")
