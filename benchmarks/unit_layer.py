@@ -64,16 +64,15 @@ def batched_t(problem, z, c):
 
 
 def unit_maps(problem):
-    """The per-sample map S(z, c) and the fused (F(z), S(z)) that solvers receive."""
-    w, act = problem.weight, problem.activation
+    """The per-sample map S(z, c) and the fused (F(z), S(z)) that solvers receive: the
+    problem's own (what ``optjax.equilibrium`` hands them)."""
+    map_fn, params = problem.equilibrium_map(), problem.parameters()
 
     def fn(z, c):
-        return optjax.linear_map.transpose(w, act(optjax.linear_map.apply(w, z) + c))
+        return map_fn(z, params, (c, None))
 
     def value_and_map(z, c):
-        pre = optjax.linear_map.apply(w, z) + c
-        value = 0.5 * jnp.sum(z * z) - jnp.sum(act.potential(pre))
-        return value, optjax.linear_map.transpose(w, act(pre))
+        return map_fn.value_and_map(z, params, (c, None))
 
     return fn, value_and_map
 

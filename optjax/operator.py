@@ -51,8 +51,9 @@ def value_and_map(activation, z, params, data, compute_dtype=None, precision="hi
     weight, prior = params
     c, feature = data
     pre = linear_map.apply(weight, z, compute_dtype, precision) + c
-    value = 0.5 * jnp.sum(z * z) - jnp.sum(activation.potential(pre))
-    t = linear_map.transpose(weight, activation(pre), compute_dtype, precision)
+    phi, s = activation.potential_and_prox(pre)
+    value = 0.5 * jnp.sum(z * z) - jnp.sum(phi)
+    t = linear_map.transpose(weight, s, compute_dtype, precision)
     if prior is None:
         return value, t
     return value + prior.value(z, feature), prior.prox(t, feature)

@@ -365,3 +365,63 @@ def test_from_function_checks_far_beyond_the_dense_interval():
         from_function(steep)
     # A genuine prox passes, far tails included.
     assert from_function(jnp.tanh, "my_tanh").name == "my_tanh"
+
+
+# Phi by 50-digit arithmetic, from the table's formulas (mpmath: nothing of the module's).
+def _mp_potential(name, slope=None):
+    import mpmath as mp
+
+    return {
+        "relu": lambda t: max(t, 0) ** 2 / 2,
+        "leaky_relu": lambda t: t * t / 2 if t >= 0 else slope * t * t / 2,
+        "hardtanh": lambda t: t * t / 2 if abs(t) <= 1 else abs(t) - mp.mpf(1) / 2,
+        "tanh": lambda t: mp.log(mp.cosh(t)),
+        "sigmoid": lambda t: mp.log1p(mp.exp(t)),
+        "softplus": lambda t: -mp.polylog(2, -mp.exp(t)),
+        "softsign": lambda t: abs(t) - mp.log1p(abs(t)),
+        "arctan": lambda t: t * mp.atan(t) - mp.log1p(t * t) / 2,
+    }[name]
+
+
+_GRID = np.concatenate([-np.logspace(-9, 2.5, 140), [0.0], np.logspace(-9, 2.5, 140),
+                        np.linspace(-1.2, 1.2, 61)])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("act", ACTS, ids=ids)
+def test_potentials_are_accurate_to_a_few_ulp_of_their_own_value(act, dtype):
+    """Phi (and Phi from the fused potential_and_prox) within 12 eps of Phi itself, against
+    50-digit arithmetic, from 1e-9 to 300 in |t|: the objective sums them, and near
+    convergence the safeguarded solver compares values of F far below 1 (its slack assumes
+    this). The first forms of log cosh, softsign and -Li2(-e^t) were off by up to 1e-16
+    absolute (a million ulp of log cosh(1e-6)), and XLA's float64 log1p by 127 ulp near
+    -0.414."""
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    slope = dict(act.params).get("slope")
+    reference = _mp_potential(act.name, slope)
+    t = np.asarray(jnp.asarray(_GRID, dtype)).astype(np.float64)  # the points as rounded
+    exact = np.array([float(reference(mp.mpf(float(v)))) for v in t])
+    eps = float(jnp.finfo(dtype).eps)
+    tiny = float(jnp.finfo(dtype).tiny)
+    for label, fn in (("potential", act.potential),
+                      ("potential_and_prox", lambda v: act.potential_and_prox(v)[0])):
+        value = np.asarray(jax.jit(fn)(jnp.asarray(t, dtype))).astype(np.float64)
+        keep = np.abs(exact) > 1e3 * tiny  # below: subnormal results, no relative accuracy
+        error = np.abs(value - exact)[keep] / (eps * np.abs(exact[keep]))
+        worst = int(np.argmax(error))
+        assert error[worst] <= 12, (label, t[keep][worst], value[keep][worst], exact[keep][worst])
+        assert np.all(np.abs(value[~keep]) <= 1e4 * tiny), label
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ids)
+def test_fused_potential_and_prox_is_the_pair_and_differentiates_like_it(act):
+    t = jnp.asarray(_GRID)
+    phi, sigma = act.potential_and_prox(t)
+    np.testing.assert_allclose(sigma, act.prox(t), rtol=4e-16, atol=0)
+    np.testing.assert_allclose(phi, act.potential(t), rtol=3e-15, atol=1e-300)
+    dphi = jax.vmap(jax.grad(lambda v: act.potential_and_prox(v)[0]))(t)
+    dsigma = jax.vmap(jax.grad(lambda v: act.potential_and_prox(v)[1]))(t)
+    np.testing.assert_allclose(dphi, act.prox(t), rtol=4e-16, atol=0)
+    np.testing.assert_allclose(dsigma, jax.vmap(jax.grad(act.prox))(t), rtol=4e-16, atol=0)
