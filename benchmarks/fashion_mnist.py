@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import platform
 import statistics
@@ -54,6 +53,8 @@ import jax
 from optjax.nn.classifiers import HEAD_UNITS, matched_size, matched_width
 from optjax.train.config import TrainConfig
 from optjax.train.loop import train
+from fashion_mnist_rows import (clean, load_rows, report, result_row, same_run, save_row,  # noqa: E402
+                                seed_summary, table)
 from optjax.train.model import layer_options
 
 FAMILIES = {"dense": ("opteq", "deq", "mondeq", "explicit"),
@@ -68,23 +69,6 @@ DEFAULTS = {  # per kind: target, learning rate, warm-up, crop, flip, backward t
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
 
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return missing
-    return format(value, spec)
-
-
-def _clean(value):
-    """JSON-safe: NaN and infinities become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("dense", "conv"), default="dense")
@@ -94,6 +78,9 @@ def parse(argv=None) -> argparse.Namespace:
                         help="conv: also tune the head's hidden units so that every family "
                              "lands within about 1%% of --target (matched_size; needed at small "
                              "budgets, where one channel moves the count by about 14%%)")
+    parser.add_argument("--lipschitz-margin", type=float, default=0.0,
+                        help="train for certified robustness at this L2 radius (TrainConfig."
+                             "lipschitz_margin; 0: off, the recorded runs)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=60000,
                         help="first n training images (60000: all)")
@@ -170,16 +157,19 @@ def base_config(args) -> TrainConfig:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_epochs=min(args.warmup_epochs, float(args.epochs)),
         augment_crop=args.augment_crop, augment_flip=args.augment_flip,
-        anderson_ridge=args.anderson_ridge or None, progress=False, plots=False)
+        anderson_ridge=args.anderson_ridge or None, lipschitz_margin=args.lipschitz_margin,
+        progress=False, plots=False)
 
 
 def setting(base: TrainConfig, target: int) -> str:
     """The folder of a (budget, augmentation) setting under ``--out/<kind>/``: empty for the
     recorded conv comparison (100,000 parameters, augmented), else e.g. ``p15000_noaug``."""
     augmented = bool(base.augment_crop or base.augment_flip)
-    if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented):
+    margin = f"_lm{base.lipschitz_margin:g}" if base.lipschitz_margin else ""
+    if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented and
+                                not margin):
         return ""
-    return f"p{target}_{'aug' if augmented else 'noaug'}"
+    return f"p{target}_{'aug' if augmented else 'noaug'}{margin}"
 
 
 def run_family(base: TrainConfig, family: str, seed: int, target: int, out: pathlib.Path,
@@ -212,6 +202,7 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
         "train_size": base.train_subset or 60000, "test_size": report.num_samples,
         "width": width, "head_units": head, "target": target,
         "augmented": bool(base.augment_crop or base.augment_flip),
+        "lipschitz_margin": base.lipschitz_margin, "run_dir": str(config.out_path),
         "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
@@ -227,44 +218,6 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
             "epoch", "time", "loss", "accuracy", "steps", "steps_max", "converged",
             "backward_steps", "backward_steps_max", "backward_converged", "test_loss",
             "test_accuracy", "test_steps", "test_converged")} for r in epochs],
-    }
-
-
-def table(rows: list[dict]) -> str:
-    reference = next((r["epoch_time"] for r in rows if r["family"] == "opteq"), None)
-    lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
-              "fwd steps test (mean / max) | converged (test) | OptEq bound max |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        implicit = r["family"] != "explicit"
-        ratio = r["epoch_time"] / reference if reference else None
-        steps = f"{r['test_steps_mean']:.1f} / {r['test_steps_max']:.0f}" if implicit else "-"
-        lines.append(
-            f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | {100 * r['test_accuracy']:.2f}% | "
-            f"{r['epoch_time']:.1f}{'*' if r['epoch_time_includes_compile'] else ''} | "
-            f"{_fmt(ratio, '.2f')} | {steps} | "
-            f"{_fmt(100 * r['test_converged'] if implicit else None, '.1f')}"
-            f"{'%' if implicit else ''} | {_fmt(r['bound_max'], '.2e')} |")
-    return "\n".join(lines)
-
-
-def result_row(r: dict, config: dict) -> dict:
-    """The committed row: the fields RESULTS.md and the issue name, then the details."""
-    return {
-        "family": r["family"], "kind": r["kind"], "width": r["width"],
-        "head_units": r["head_units"], "target": r["target"], "augmented": r["augmented"],
-        "params": r["params"],
-        "seed": r["seed"], "epochs": r["epochs"], "train_size": r["train_size"],
-        "test_size": r["test_size"], "test_accuracy": r["test_accuracy"],
-        "test_loss": r["test_loss"], "epoch_seconds": r["epoch_time"],
-        "epoch_seconds_all": r["epoch_times"], "forward_steps_mean": r["test_steps_mean"],
-        "forward_steps_max": r["test_steps_max"], "converged_fraction": r["test_converged"],
-        "train_forward_steps_last_epoch": r["train_steps_last_epoch"],
-        "train_converged_last_epoch": r["train_converged_last_epoch"],
-        "train_backward_steps_last_epoch": r["train_backward_steps_last_epoch"],
-        "train_backward_converged_last_epoch": r["train_backward_converged_last_epoch"],
-        "bound_max": r["bound_max"], "bound_median": r["bound_median"],
-        "per_epoch": r["per_epoch"], "config": config,
     }
 
 
@@ -310,94 +263,8 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
             converged=statistics.mean(s["backward_converged"] for s in stats))
         print(f"[{row['family']} seed {row['seed']}] backward at step {step}: "
               f"{row['backward_at_end']}", flush=True)
-        results.write_text(json.dumps(_clean(rows), indent=1) + "\n")
+        results.write_text(json.dumps(clean(rows), indent=1) + "\n")
     return 0
-
-
-def _key(row: dict) -> tuple:
-    """What makes two rows the same run; rows written before the sweep had no target and
-    augmentation fields: they are the recorded comparison's (kind default, augmented conv)."""
-    kind = row.get("kind")
-    target = row.get("target") or DEFAULTS.get(kind, {}).get("target")
-    augmented = row.get("augmented", kind == "conv")
-    return tuple(row.get(k) for k in ("family", "kind", "seed", "epochs", "train_size")) + (
-        target, augmented)
-
-
-def _same_run(a: dict, b: dict) -> bool:
-    return _key(a) == _key(b)
-
-
-def load_rows(path: pathlib.Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def save_row(path: pathlib.Path, row: dict) -> None:
-    rows = [r for r in load_rows(path) if not _same_run(r, row)] + [row]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(rows), indent=1) + "\n")
-
-
-def report(rows: list[dict]) -> str:
-    """The committed rows as a table, by family (in order of first appearance) then seed; time
-    ratios to OptEq of the same seed."""
-    order = {f: i for i, f in enumerate(dict.fromkeys(r["family"] for r in rows))}
-    rows = sorted(rows, key=lambda r: (order[r["family"]], r["seed"]))
-    opteq = {r["seed"]: r["epoch_seconds"] for r in rows if r["family"] == "opteq"}
-    lines = [("| family | seed | width | params | test acc | epoch time (s) | time / OptEq | "
-              "fwd steps test (mean / max) | converged (test) | converged (train, last "
-              "epoch) | bwd steps (train, last epoch) | bwd converged | OptEq bound max |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        implicit = r["family"] != "explicit"
-        ratio = r["epoch_seconds"] / opteq[r["seed"]] if r["seed"] in opteq else None
-        steps = (f"{r['forward_steps_mean']:.1f} / {r['forward_steps_max']:.0f}"
-                 if implicit else "-")
-        train_conv = r.get("train_converged_last_epoch")
-        bwd, bwd_conv = (r.get("train_backward_steps_last_epoch"),
-                         r.get("train_backward_converged_last_epoch"))
-        at_end = r.get("backward_at_end")
-        mark = ""
-        if bwd is None and at_end is not None:  # measured afterwards (--measure-backward)
-            bwd, bwd_conv, mark = at_end["steps_mean"], at_end["converged"], "*"
-        lines.append(
-            f"| {r['family']} | {r['seed']} | {r['width']} | {r['params']:,} | "
-            f"{100 * r['test_accuracy']:.2f}% | {r['epoch_seconds']:.0f} | {_fmt(ratio, '.2f')} | "
-            f"{steps} | {_fmt(100 * r['converged_fraction'] if implicit else None, '.1f')}"
-            f"{'%' if implicit else ''} | "
-            f"{_fmt(100 * train_conv if implicit and train_conv is not None else None, '.1f')}"
-            f"{'%' if implicit and train_conv is not None else ''} | "
-            f"{_fmt(bwd, '.1f')}{mark} | "
-            f"{_fmt(None if bwd_conv is None else 100 * bwd_conv, '.1f')}"
-            f"{'' if bwd_conv is None else '%'}{mark} | {_fmt(r['bound_max'], '.2e')} |")
-    return "\n".join(lines)
-
-
-def seed_summary(rows: list[dict]) -> str:
-    """Test accuracy over seeds per family (rows of the same epochs and training size as the
-    family's first), with the per-seed difference to OptEq on the seeds both have: a paired
-    comparison, since a seed fixes the initialisation and the data order for every family."""
-    by_family: dict[str, dict[int, float]] = {}
-    first: dict[str, dict] = {}
-    for r in rows:
-        head = first.setdefault(r["family"], r)
-        if (r["epochs"], r["train_size"]) == (head["epochs"], head["train_size"]):
-            by_family.setdefault(r["family"], {})[r["seed"]] = 100 * r["test_accuracy"]
-    opteq = by_family.get("opteq", {})
-    lines = ["| family | seeds | test acc per seed | mean | sd | OptEq minus family, per seed | "
-             "mean difference |", "|---|---|---|---|---|---|---|"]
-    for family, accs in by_family.items():
-        seeds = sorted(accs)
-        values = [accs[s] for s in seeds]
-        sd = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-"
-        shared = [s for s in seeds if s in opteq] if family != "opteq" else []
-        diffs = [opteq[s] - accs[s] for s in shared]
-        lines.append(
-            f"| {family} | {', '.join(map(str, seeds))} | "
-            f"{' / '.join(f'{v:.2f}' for v in values)} | {statistics.mean(values):.2f}% | {sd} | "
-            f"{' / '.join(f'{d:+.2f} (seed {s})' for d, s in zip(diffs, shared)) or '-'} | "
-            f"{f'{statistics.mean(diffs):+.2f}' if diffs else '-'} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -432,8 +299,9 @@ def main(argv=None) -> int:
         for family in args.families:
             probe = {"family": family, "kind": args.kind, "seed": seed, "epochs": args.epochs,
                      "train_size": args.train_subset, "target": args.target,
-                     "augmented": bool(base.augment_crop or base.augment_flip)}
-            done = [r for r in load_rows(results) if _same_run(r, probe)]
+                     "augmented": bool(base.augment_crop or base.augment_flip),
+                     "lipschitz_margin": args.lipschitz_margin}
+            done = [r for r in load_rows(results) if same_run(r, probe)]
             if args.resume and done:
                 print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)
                 continue
@@ -457,7 +325,7 @@ def main(argv=None) -> int:
                "config": base.to_dict(), "total_wall_time": total,
                "param_gap": (max(counts) - min(counts)) / max(counts) if counts else None,
                "rows": rows}
-    (out / f"{args.kind}.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
+    (out / f"{args.kind}.json").write_text(json.dumps(clean(summary), indent=1) + "\n")
     (out / f"{args.kind}.md").write_text(header + "\n\n" + text + f"\n\n{notes}; total wall "
                                          f"time {total:.0f} s\n")
     print(f"written: {results}, {out / (args.kind + '.json')}, {out / (args.kind + '.md')}")

@@ -14,7 +14,7 @@ repetition so that the ratios share the machine's state::
 
 Designs: ``alpha=1`` is the monDEQ authors' constant, ``default`` the library's
 ``1 / sqrt(m ||I - W||)``; ``gmres`` the generic backward, ``splitting`` Peaceman-Rachford on the
-adjoint problem (:class:`optjax.backward.Splitting`). The solver settings are the benchmark's
+adjoint problem (:class:`optjax.engine.backward.Splitting`). The solver settings are the benchmark's
 (tol 1e-3, backward tol 1e-2; caps ``--max-steps`` 50 and ``--backward-max-steps`` 20 by
 default, the conv benchmark's monDEQ runs use 100 and 40).
 """

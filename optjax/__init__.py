@@ -6,17 +6,29 @@ activation sigma is a proximal operator and s_sigma ||W||^2 <= 1. optjax solves 
 differentiates it implicitly, and certifies it.
 """
 
-from optjax import activations, backward, priors, solvers
-from optjax.activations import Activation, NotAProxError
-from optjax.certificate import Certificate, certificate
+# The layout (each folder's __init__ says more):
+#   engine/    the one solve: the problem contract, equilibrium(), implicit gradients, backward
+#              modes, the result type and the certificate
+#   families/  one module per model family: opteq (the unit layer), deep, deq, mondeq
+#   solvers/   the forward solvers, one per file
+#   convex/    activations as proximal operators, priors
+#   linalg/    linear maps, convolutions with their adjoints, norms, linear solves
+#   nn/        Flax NNX layers, one module per family; train/, data/: the `optjax` command
+from optjax import solvers
 from optjax.config import ConfigError
-from optjax.equilibrium import backward_probe, equilibrium
-from optjax.info import (BackwardStats, EquilibriumError, EquilibriumWarning, SolveInfo, Status,
-                         check)
-from optjax.objective import dual_objective, objective
-from optjax.operator import operator
-from optjax.problem import (Defect, EquilibriumProblem, NonconvexError, OptEqProblem,
-                            convexity_margin, injection, strong_convexity)
+from optjax.convex import activations, priors
+from optjax.convex.activations import Activation, NotAProxError
+from optjax.engine import backward
+from optjax.engine.certificate import Certificate, certificate
+from optjax.engine.equilibrium import backward_probe, equilibrium
+from optjax.engine.problem import Defect, EquilibriumProblem, NonconvexError
+from optjax.engine.result import (BackwardStats, EquilibriumError, EquilibriumWarning, SolveInfo,
+                                  Status, check)
+from optjax.families import deep, deq, mondeq
+from optjax.families.opteq.objective import dual_objective, objective
+from optjax.families.opteq.problem import (OptEqProblem, convexity_margin, injection, operator,
+                                           strong_convexity)
+from optjax.linalg import convolution, linear_map
 
 __version__ = "0.1.0"
 
@@ -36,6 +48,11 @@ __all__ = [
     "Status",
     "activations",
     "backward",
+    "convolution",
+    "deep",
+    "deq",
+    "linear_map",
+    "mondeq",
     "backward_probe",
     "certificate",
     "check",

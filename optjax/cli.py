@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="where the dataset files are, if moved")
     ev.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--robustness", metavar="EPS[,EPS...]", default=None,
+                    help="also certified and L2 PGD robust accuracy at these radii (e.g. "
+                         "0.1,0.25,0.5; images as standardised for training)")
+    ev.add_argument("--robustness-samples", type=int, default=1000,
+                    help="first N images of the split for --robustness [1000]")
+    ev.add_argument("--pgd-steps", type=int, default=100, help="PGD steps for --robustness [100]")
     return parser
 
 
@@ -208,7 +214,7 @@ def _check_plots(config) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from optjax._lapack import single_threaded
+    from optjax.linalg.lapack import single_threaded
 
     with single_threaded():  # LAPACK threads only contend with XLA's on a CPU (see _lapack)
         return _run_command(argv)
@@ -233,14 +239,38 @@ def _run_command(argv: Sequence[str] | None) -> int:
 
     report = evaluate(args.out_dir, step=args.step, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size)
+    robust = None
+    if args.robustness is not None:
+        from optjax.train.evaluate import evaluate_robustness, robustness_lines
+
+        epsilons = _radii(args.robustness)
+        robust = evaluate_robustness(args.out_dir, epsilons, step=args.step, split=args.split,
+                                     samples=args.robustness_samples, pgd_steps=args.pgd_steps,
+                                     data_dir=args.data_dir, batch_size=args.batch_size)
     if args.json:
         from optjax.train.metrics import json_safe
 
-        print(json.dumps(json_safe(report.to_dict()), indent=1))
+        out = report.to_dict()
+        if robust is not None:
+            out["robustness"] = {k: ({str(e): a for e, a in v.items()} if isinstance(v, dict)
+                                     else v) for k, v in robust.items()}
+        print(json.dumps(json_safe(out), indent=1))
     else:
         for line in report.lines():
             print(f"{args.split}: {line}")
+        for line in robustness_lines(robust) if robust is not None else ():
+            print(f"{args.split} robustness: {line}")
     return 0
+
+
+def _radii(text: str) -> list[float]:
+    from optjax.config import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--robustness takes comma-separated radii, e.g. 0.1,0.25,0.5; got "
+                          f"{text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import os
 
 # The suite compiles thousands of small programs and runs each a few times, so XLA's compile
 # time dominates it: LLVM's optimisation level 0 for the CPU backend cut the time of
-# tests/test_equilibrium.py + tests/test_implicit.py from 199 s to 144 s (same machine, one
+# tests/engine/test_equilibrium*.py + test_implicit.py (then one file each) from 199 s to 144 s (same machine, one
 # after the other). XLA's own (HLO) optimisations, which decide the fusions, still run, and
 # LLVM does not reorder floating-point operations without fast-math; the whole suite passes
 # with the same tolerances either way. Set before jax starts its backend; child processes

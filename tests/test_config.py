@@ -6,7 +6,8 @@ import jax
 import pytest
 
 import optjax
-from optjax import backward, solvers
+from optjax.engine import backward
+from optjax import solvers
 
 
 def test_from_dict_names_unknown_keys_and_lists_valid_ones():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from optjax.data._dataset import DataError, Dataset
+from optjax.data.dataset import DataError, Dataset
 from optjax.data.cifar10 import load_cifar10
 from optjax.data.digits import load_digits
 from optjax.data.idx import load_fashion_mnist, load_mnist, read_idx

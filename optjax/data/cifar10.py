@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from optjax.data._dataset import DataError, Dataset, resolve_dir
+from optjax.data.dataset import DataError, Dataset, resolve_dir
 
 SUBDIR = "cifar-10-batches-py"
 TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optjax.data._dataset import DataError, Dataset
+from optjax.data.dataset import DataError, Dataset
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 TEST_FRACTION = 0.2

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optjax.data._dataset import DataError, Dataset, resolve_dir
+from optjax.data.dataset import DataError, Dataset, resolve_dir
 
 _DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),

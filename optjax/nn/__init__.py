@@ -1,11 +1,11 @@
 """Flax NNX modules wrapping the optjax core.
 
 * :class:`OptEqDense`, :class:`OptEqConv`: unit OptEq layers with norm control, priors, Halpern
-  anchors and mixed precision (:mod:`optjax.nn.layers`, :mod:`optjax.nn.spectral`);
+  anchors and mixed precision (:mod:`optjax.nn.opteq`, :mod:`optjax.nn.spectral`);
 * :class:`DeepOptEq`, :class:`DeepOptEqConv`: the layered chain of docs/maths.md, section 4,
   with dense or convolutional (multi-scale: strided) couplings (:mod:`optjax.nn.deep`);
 * :class:`DEQDense`, :class:`DEQConv`, :class:`MonDEQDense`, :class:`MonDEQConv`: baselines in the
-  same framework (:mod:`optjax.nn.baselines`);
+  same framework (:mod:`optjax.nn.deq`, :mod:`optjax.nn.mondeq`);
 * :class:`ImplicitClassifier`, :func:`build_matched`: image classifiers at matched parameter
   counts (:mod:`optjax.nn.classifiers`).
 
@@ -22,11 +22,13 @@ freeze their power-iteration vector and certify with the exact norm; the other l
 the same in both modes.
 """
 
-from optjax.nn._info import SolveStat, SolveSummary
-from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
+from optjax.nn.base import SolveStat, SolveSummary
+from optjax.nn.deq import DEQConv, DEQDense
+from optjax.nn.mondeq import MonDEQConv, MonDEQDense
+from optjax.nn.base import param_count
 from optjax.nn.classifiers import ImplicitClassifier, build_matched, matched_width
 from optjax.nn.deep import DeepOptEq, DeepOptEqConv
-from optjax.nn.layers import OptEqConv, OptEqDense
+from optjax.nn.opteq import OptEqConv, OptEqDense
 
 __all__ = [
     "DEQConv",

@@ -34,9 +34,11 @@ import jax
 from flax import nnx
 
 from optjax.config import ConfigError
-from optjax.nn.baselines import DEQConv, DEQDense, MonDEQConv, MonDEQDense, param_count
+from optjax.nn.deq import DEQConv, DEQDense
+from optjax.nn.mondeq import MonDEQConv, MonDEQDense
+from optjax.nn.base import param_count
 from optjax.nn.deep import DeepOptEq, DeepOptEqConv
-from optjax.nn.layers import OptEqConv, OptEqDense
+from optjax.nn.opteq import OptEqConv, OptEqDense
 
 __all__ = ["FAMILIES", "IMPLICIT_FAMILIES", "ExplicitBlock", "ImplicitClassifier", "matched_width",
            "matched_size", "build_matched", "param_count"]

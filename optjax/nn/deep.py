@@ -1,5 +1,5 @@
 r"""Deep OptEq as a Flax NNX module (docs/maths.md, section 4; the maths is in
-:mod:`optjax.deep`).
+:mod:`optjax.families.deep`).
 
 ``DeepOptEq`` holds raw couplings :math:`V_l`, the input weight :math:`U` and the biases
 :math:`b_l` as parameters and solves
@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from optjax import activations as _activations
-from optjax import backward as _backward
-from optjax import deep as _deep
+from optjax.convex import activations as _activations
+from optjax.engine import backward as _backward
+from optjax.families import deep as _deep
+from optjax.families.deep import problem as _deep_problem
 from optjax import solvers as _solvers
 from optjax.config import ConfigError
-from optjax.nn._info import EquilibriumModule
+from optjax.nn.base import EquilibriumModule
 
 __all__ = ["DeepOptEq", "DeepOptEqConv"]
 
@@ -52,7 +53,7 @@ class _DeepChain(EquilibriumModule):
                 "map is not symmetric; use backward='gmres' or 'fixed_point'")
         if isinstance(activation, (str, _activations.Activation)):
             activation = (activation,) * num_layers
-        acts = tuple(_deep._as_activation(a) for a in activation)
+        acts = tuple(_deep_problem.as_activation(a) for a in activation)
         if len(acts) != num_layers:
             raise ConfigError(f"got {len(acts)} activations for {num_layers} layers")
         self.activations = acts
@@ -157,7 +158,7 @@ class DeepOptEq(_DeepChain):
         return tuple(a.get_value() for a in self.couplings)
 
     def problem(self) -> _deep.DeepProblem:
-        """The :class:`optjax.deep.DeepProblem` this module solves."""
+        """The :class:`optjax.families.deep.DeepProblem` this module solves."""
         couplings, norms = self._normalized()
         return _deep.DeepProblem(
             couplings,
@@ -167,6 +168,11 @@ class DeepOptEq(_DeepChain):
             sweep=self.sweep,
             coupling_norms=norms,
         )
+
+    def input_lipschitz(self) -> jax.Array:
+        """A certified bound on the Lipschitz constant of ``x -> s*`` (every layer):
+        :meth:`optjax.families.deep.DeepProblem.input_lipschitz` (``U`` included)."""
+        return self.problem().input_lipschitz()
 
     def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         """All equilibrium states ``[s_1, ..., s_L]`` for the batch ``x`` (and the
@@ -182,7 +188,7 @@ class DeepOptEqConv(_DeepChain):
     """A convolutional, multi-scale deep OptEq chain: layer ``l`` is a ``(H_l, W_l, c_l)``
     feature map, coupling ``A_l`` a ``kernel_size`` convolution from layer ``l`` to layer
     ``l + 1`` with stride ``strides[l]`` (2: the next layer has half the resolution; a
-    :class:`optjax.convolution.StridedConv2D`), its adjoint the feedback. The input injection
+    :class:`optjax.linalg.convolution.StridedConv2D`), its adjoint the feedback. The input injection
     ``U x + b_1`` is a convolution of the input (stride 1). The couplings are normalised by
     their certified FFT norms (differentiable: the gradients are those of the normalised model),
     which also certify every solve.
@@ -251,7 +257,7 @@ class DeepOptEqConv(_DeepChain):
         self._init_stats()
 
     def _raw_couplings(self) -> tuple:
-        from optjax.convolution import Conv2D, StridedConv2D
+        from optjax.linalg.convolution import Conv2D, StridedConv2D
 
         maps = []
         for kernel, grid, t in zip(self.couplings, self.grids, self.strides):
@@ -260,7 +266,7 @@ class DeepOptEqConv(_DeepChain):
         return tuple(maps)
 
     def problem(self) -> _deep.DeepProblem:
-        """The :class:`optjax.deep.DeepProblem` this module solves (``x`` is the injection)."""
+        """The :class:`optjax.families.deep.DeepProblem` this module solves (``x`` is the injection)."""
         couplings, norms = self._normalized()
         zero = jnp.zeros((self.channels[0],), self.biases[0].get_value().dtype)
         return _deep.DeepProblem(
@@ -268,6 +274,14 @@ class DeepOptEqConv(_DeepChain):
             self.activations, sweep=self.sweep, coupling_norms=norms,
             layer_shapes=tuple(g + (c,) for g, c in zip(self.grids, self.channels)),
         )
+
+    def input_lipschitz(self) -> jax.Array:
+        """A certified bound on the Lipschitz constant of ``x -> s*`` (every layer):
+        :meth:`optjax.families.deep.DeepProblem.input_lipschitz` times the injection's norm."""
+        from optjax.linalg.convolution import Conv2D
+
+        injection = Conv2D(self.injection.kernel.get_value(), self.grids[0]).spectral_norm()
+        return self.problem().input_lipschitz() * injection
 
     def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
         """Every layer's equilibrium state (and the SolveInfo if ``return_info``)."""

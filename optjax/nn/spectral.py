@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from optjax import linear_map
+from optjax.linalg import linear_map
 
 __all__ = ["PowerIterationState", "power_step", "initial_vector", "normalize", "certified_norm"]
 

@@ -2,7 +2,7 @@
 ``solve_batch`` (the batch, one loop; stopping per sample)."""
 
 from optjax.config import ConfigError
-from optjax.solvers._base import Solver, SolverRun
+from optjax.solvers.base import Solver, SolverRun
 from optjax.solvers.anderson import Anderson
 from optjax.solvers.fixed_point import FixedPoint
 from optjax.solvers.halpern import Halpern

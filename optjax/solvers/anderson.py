@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from optjax.config import in_interval, positive_int, require
-from optjax.solvers._base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
+from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
                                   freeze)
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no reduced-precision (TF32) products on accelerators

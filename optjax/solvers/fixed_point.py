@@ -15,7 +15,8 @@ import dataclasses
 from typing import ClassVar
 
 from optjax.config import in_interval
-from optjax.solvers._base import Solver, image_iteration
+from optjax.engine.properties import MapProperty
+from optjax.solvers.base import Solver, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,14 @@ class FixedPoint(Solver):
     relaxation: float = 1.0
 
     name: ClassVar[str] = "fixed_point"
+
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        if MapProperty.CONTRACTION in props:
+            return "linear: the error shrinks by the contraction factor q every step"
+        if MapProperty.FORWARD_BACKWARD in props:
+            return "residual o(1/sqrt(k)) (an averaged map); linear when strongly convex"
+        return None
 
     def _validate(self):
         in_interval("FixedPoint", "relaxation", self.relaxation, 0.0, 1.0)

@@ -16,7 +16,8 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from optjax.solvers._base import Solver, image_iteration
+from optjax.engine.properties import MapProperty
+from optjax.solvers.base import Solver, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Halpern(Solver):
 
     name: ClassVar[str] = "halpern"
     uses_anchor: ClassVar[bool] = True
+    requires: ClassVar[tuple[MapProperty, ...]] = (MapProperty.NONEXPANSIVE,
+                                                   MapProperty.CONTRACTION)
+
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        if MapProperty.NONEXPANSIVE in props:
+            return "residual <= 2 ||x_0 - x*|| / (k + 1); the fixed point nearest the anchor"
+        return "converges (a contraction, beta_k -> 0); O(1/k) at best"
 
     def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
         u = jnp.zeros_like(z0) if anchor is None else anchor.astype(z0.dtype)

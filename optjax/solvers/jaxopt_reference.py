@@ -1,4 +1,5 @@
-r"""jaxopt's solvers, kept as references for optjax's own (through :mod:`optjax._jaxopt`).
+r"""jaxopt's solvers, kept as references for optjax's own (through :mod:`optjax.solvers.jaxopt_adapter`,
+which imports jaxopt only when one of them is asked for).
 
 * ``"jaxopt_fixed_point"``: ``jaxopt.FixedPointIteration`` (plain iteration).
 * ``"jaxopt_anderson"``: ``jaxopt.AndersonAcceleration``; its ``ridge`` is ABSOLUTE (added to
@@ -15,9 +16,11 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from optjax import _jaxopt
+from optjax.solvers import jaxopt_adapter
 from optjax.config import in_interval, positive_int, require
-from optjax.solvers._base import Solver, SolverRun
+from optjax.engine.properties import MapProperty
+from optjax.solvers.base import Solver, SolverRun
+from optjax.solvers.fixed_point import FixedPoint
 
 
 def _int32(count):
@@ -30,8 +33,15 @@ class JaxoptFixedPoint(Solver):
 
     name: ClassVar[str] = "jaxopt_fixed_point"
 
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        return FixedPoint.guarantee(props)  # the same iteration
+
+    def _validate(self):
+        jaxopt_adapter.load()  # asked for: jaxopt must import, or say what to install
+
     def run(self, fn, z0, *, tol, max_steps, anchor=None, value_and_map=None) -> SolverRun:
-        out = _jaxopt.fixed_point_iteration(fn, z0, tol=tol, max_steps=max_steps)
+        out = jaxopt_adapter.fixed_point_iteration(fn, z0, tol=tol, max_steps=max_steps)
         # jaxopt does not keep S(point): the caller evaluates it (one more evaluation).
         return SolverRun(point=out.point, image=None, steps=_int32(out.steps),
                          evaluations=_int32(out.evaluations))
@@ -48,6 +58,7 @@ class JaxoptAnderson(Solver):
     name: ClassVar[str] = "jaxopt_anderson"
 
     def _validate(self):
+        jaxopt_adapter.load()
         positive_int("JaxoptAnderson", "history", self.history, minimum=2)
         require(
             isinstance(self.ridge, (int, float)) and not isinstance(self.ridge, bool)
@@ -57,7 +68,7 @@ class JaxoptAnderson(Solver):
         in_interval("JaxoptAnderson", "mixing", self.mixing, 0.0, 1.0)
 
     def run(self, fn, z0, *, tol, max_steps, anchor=None, value_and_map=None) -> SolverRun:
-        out = _jaxopt.anderson(fn, z0, tol=tol, max_steps=max_steps, history=self.history,
+        out = jaxopt_adapter.anderson(fn, z0, tol=tol, max_steps=max_steps, history=self.history,
                                ridge=self.ridge, mixing=self.mixing)
         return SolverRun(point=out.point, image=out.image, steps=_int32(out.steps),
                          evaluations=_int32(out.evaluations))

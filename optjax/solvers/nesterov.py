@@ -22,7 +22,8 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from optjax.config import require
-from optjax.solvers._base import Solver, SolverRun, batch_loop, batched, flat, freeze
+from optjax.engine.properties import MapProperty
+from optjax.solvers.base import Solver, SolverRun, batch_loop, batched, flat, freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Nesterov(Solver):
     restart: bool = True
 
     name: ClassVar[str] = "nesterov"
+    requires: ClassVar[tuple[MapProperty, ...]] = (MapProperty.FORWARD_BACKWARD,)
+
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        return "F(x_k) - F* = O(1/k^2); linear with the restart when strongly convex"
 
     def _validate(self):
         require(isinstance(self.restart, bool),

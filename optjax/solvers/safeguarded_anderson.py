@@ -55,7 +55,8 @@ import jax
 import jax.numpy as jnp
 
 from optjax.config import in_interval, require
-from optjax.solvers._base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
+from optjax.engine.properties import MapProperty
+from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
                                   freeze)
 from optjax.solvers.anderson import (coefficients, extrapolate, push, start_history,
                                      validate_anderson)
@@ -80,6 +81,11 @@ class SafeguardedAnderson(Solver):
 
     name: ClassVar[str] = "safeguarded_anderson"
     needs_objective: ClassVar[bool] = True
+    requires: ClassVar[tuple[MapProperty, ...]] = (MapProperty.OBJECTIVE,)
+
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        return "F never increases; the residual tends to 0 (squared residuals summable)"
 
     def _validate(self):
         validate_anderson("SafeguardedAnderson", self.history, self.ridge, self.mixing)

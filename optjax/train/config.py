@@ -24,9 +24,9 @@ import types
 import typing
 from typing import Any, Mapping
 
-from optjax import activations as _activations
+from optjax.convex import activations as _activations
 from optjax import solvers as _solvers
-from optjax.backward import BACKWARDS
+from optjax.engine.backward import BACKWARDS
 from optjax.config import Config, ConfigError, in_interval, positive_int, require
 from optjax.data import DATASETS as _DATASETS
 from optjax.nn.classifiers import FAMILIES as _FAMILIES
@@ -57,7 +57,9 @@ class TrainConfig(Config):
     ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
     solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
     and ``backward_tol``; ``certify`` (OptEq layers: None, the default, certifies in evaluation
-    only, True every call, False never; see :mod:`optjax.nn.layers`).
+    only, True every call, False never; see :mod:`optjax.nn.opteq`); ``lipschitz_margin``
+    (0: off) trains for certified robustness at that L2 radius (the loss adds the margins that
+    certify it, :func:`optjax.nn.robustness.margin_offsets`; not for DEQ, which has no bound).
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
     ``warmup_epochs`` then ``schedule`` (cosine decay to 0, or constant); ``grad_clip`` (global
@@ -96,6 +98,7 @@ class TrainConfig(Config):
     backward_steps: int = 30
     backward_tol: float | None = None
     certify: bool | None = None
+    lipschitz_margin: float = 0.0
     # optimisation
     epochs: int = 20
     batch_size: int = 64
@@ -155,6 +158,12 @@ class TrainConfig(Config):
         in_interval(name, "tol", self.tol, 0.0, 1.0)
         if self.backward_tol is not None:
             in_interval(name, "backward_tol", self.backward_tol, 0.0, 1.0)
+        require(isinstance(self.lipschitz_margin, (int, float)) and self.lipschitz_margin >= 0,
+                f"{name}.lipschitz_margin must be a radius >= 0 (0: off), got "
+                f"{self.lipschitz_margin!r}")
+        require(self.lipschitz_margin == 0 or self.family != "deq",
+                f"{name}.lipschitz_margin needs a Lipschitz bound, which the deq family does not "
+                "have; use opteq, deep_opteq, mondeq or explicit")
         if self.anderson_ridge is not None:
             in_interval(name, "anderson_ridge", self.anderson_ridge, 0.0, 1e6)
         in_interval(name, "learning_rate", self.learning_rate, 0.0, 10.0)

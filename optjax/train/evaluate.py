@@ -11,10 +11,16 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from optjax.config import ConfigError
 from optjax.train import sharding
+from optjax.train.checkpoint import CheckpointError, Checkpoints
+from optjax.train.config import TrainConfig
+from optjax.train.identity import read_run_id
 from optjax.train.metrics import json_safe
+from optjax.train.run import prepare
 
 __all__ = ["EvalReport", "evaluate_split", "summarize"]
 
@@ -138,19 +144,10 @@ def summarize(per_sample: dict[str, np.ndarray], *, step: int | None = None,
     )
 
 
-def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str = "test",
-             data_dir: str | None = None, batch_size: int | None = None) -> EvalReport:
-    """Evaluate the checkpoint of a run in ``out_dir`` (the latest, or ``step``) on ``split``
-    (``"test"`` or ``"train"``), with the configuration the run was trained with. The report
-    says which step (and epoch) it evaluated."""
-    from optjax.config import ConfigError
-    from optjax.train.checkpoint import CheckpointError, Checkpoints
-    from optjax.train.config import TrainConfig
-    from optjax.train.identity import read_run_id
-    from optjax.train.loop import prepare
-
-    if split not in ("test", "train"):
-        raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+def restore(out_dir: str | pathlib.Path, *, step: int | None = None,
+            data_dir: str | None = None, batch_size: int | None = None):
+    """``(run, state, meta)``: the prepared run of the checkpoint in ``out_dir`` (the latest, or
+    ``step``), with the configuration it was trained with, and its restored state."""
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"the evaluation batch size must be >= 1, got {batch_size}")
     out = pathlib.Path(out_dir)
@@ -181,7 +178,65 @@ def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str
     run = prepare(config)
     state, meta = Checkpoints(ckpt_dir, config, run_id=meta.get("run_id")).restore(
         run.state, chosen, sharding=sharding.replicated(run.mesh))
-    x, y = (run.data.x_test, run.data.y_test) if split == "test" else \
+    return run, state, meta
+
+
+def _split_data(run, split: str):
+    if split not in ("test", "train"):
+        raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+    return (run.data.x_test, run.data.y_test) if split == "test" else \
         (run.data.x_train, run.data.y_train)
-    return summarize(evaluate_split(run.eval_step, state, x, y, config.eval_batch_size, run.mesh),
+
+
+def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str = "test",
+             data_dir: str | None = None, batch_size: int | None = None) -> EvalReport:
+    """Evaluate the checkpoint of a run in ``out_dir`` (the latest, or ``step``) on ``split``
+    (``"test"`` or ``"train"``), with the configuration the run was trained with. The report
+    says which step (and epoch) it evaluated."""
+    if split not in ("test", "train"):
+        raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+    run, state, meta = restore(out_dir, step=step, data_dir=data_dir, batch_size=batch_size)
+    x, y = _split_data(run, split)
+    return summarize(evaluate_split(run.eval_step, state, x, y, run.config.eval_batch_size,
+                                    run.mesh),
                      step=int(meta["step"]), epoch=int(meta["epoch"]))
+
+
+def evaluate_robustness(out_dir: str | pathlib.Path, epsilons, *, step: int | None = None,
+                        split: str = "test", samples: int | None = 1000, pgd_steps: int = 100,
+                        data_dir: str | None = None, batch_size: int | None = None) -> dict:
+    """Certified and empirical (L2 PGD) robust accuracy of a run's checkpoint at each of
+    ``epsilons`` (:func:`optjax.nn.robustness.robust_accuracy`), on the first ``samples``
+    images of ``split`` (None: all). Returns its dict with ``step``, ``samples`` and
+    ``family`` added."""
+    from optjax.nn.robustness import robust_accuracy
+
+    epsilons = [float(e) for e in epsilons]
+    if not epsilons or any(not e >= 0 for e in epsilons):
+        raise ConfigError(f"--robustness takes radii >= 0, e.g. 0.1,0.25,0.5; got {epsilons}")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--robustness-samples must be >= 1, got {samples}")
+    run, state, meta = restore(out_dir, step=step, data_dir=data_dir, batch_size=batch_size)
+    x, y = _split_data(run, split)
+    if samples is not None:
+        x, y = x[:samples], y[:samples]
+    out = robust_accuracy(run.model(state), jnp.asarray(x), jnp.asarray(y),
+                          epsilons, pgd_steps=pgd_steps,
+                          batch_size=run.config.eval_batch_size)
+    return {**out, "step": int(meta["step"]), "samples": int(len(y)),
+            "family": run.config.family, "pgd_steps": pgd_steps}
+
+
+def robustness_lines(report: dict) -> list[str]:
+    """The report of :func:`evaluate_robustness` as lines of text."""
+    lip = report["lipschitz"]
+    lines = [f"{report['family']} at step {report['step']}, {report['samples']} images: clean "
+             f"accuracy {100 * report['clean']:.2f}%; Lipschitz bound "
+             + ("none (a DEQ has no bound)" if lip is None else f"{lip:.4g}")
+             + ("" if report["radius_median"] is None else
+                f", median certified radius {report['radius_median']:.4g}")]
+    for eps in report["pgd"]:
+        cert = report["certified"][eps]
+        lines.append(f"eps {eps:g}: certified {'-' if cert is None else f'{100 * cert:.2f}%'}, "
+                     f"PGD ({report['pgd_steps']} steps) {100 * report['pgd'][eps]:.2f}%")
+    return lines

@@ -1,4 +1,5 @@
-"""The training run: data, model, jit-compiled data-parallel steps, metrics, checkpoints, plots.
+"""The training run over a prepared set-up (:mod:`optjax.train.run`): jit-compiled, data-parallel
+steps, metrics, checkpoints, plots.
 
 Exact resumption: the data order of epoch ``e`` is the permutation drawn from ``(seed, e)``,
 the augmentation of step ``s`` is drawn from ``(seed, s)``, the initialisation depends only on
@@ -32,21 +33,19 @@ import jax
 import numpy as np
 from rich.console import Console
 
-from optjax import data as _data
 from optjax.config import ConfigError
-from optjax.nn.baselines import param_count
 from optjax.train import sharding
-from optjax.train.augment import Augmentation
 from optjax.train.checkpoint import CheckpointError, Checkpoints
 from optjax.train.config import (OUTPUT_FIELDS, TrainConfig, fixed_on_resume, resume_changes,
                                  resumable_fields)
 from optjax.train.evaluate import EvalReport, evaluate_split, summarize
 from optjax.train.identity import is_main_process, new_run_id, read_run_id, write_run_id
 from optjax.train.metrics import MetricsLog, check_run, read_metrics
-from optjax.train.model import build_model
+from optjax.train.plots import save_plots
 from optjax.train.report import Reporter, summary_table
-from optjax.train.step import (TrainState, init_state, make_eval_step, make_optimizer,
-                               make_train_step, split_model)
+# Run and prepare live in optjax.train.run; they stay importable from here (benchmarks do).
+from optjax.train.run import Run, prepare
+from optjax.train.step import TrainState
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "Run", "prepare", "epoch_order"]
 
@@ -106,55 +105,6 @@ class TrainResult:
     run: "Run" = dataclasses.field(repr=False)
     run_id: str = ""
     changed: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A prepared run: the data, the split model, the compiled steps, the mesh."""
-
-    config: TrainConfig
-    data: Any
-    parts: Any
-    state: TrainState
-    tx: Any
-    schedule: Any
-    mesh: Any
-    steps_per_epoch: int
-    num_params: int
-    train_step: Any
-    eval_step: Any
-
-    def model(self, state: TrainState | None = None, *, training: bool = False):
-        """The NNX model holding ``state``'s weights (default: the initial state)."""
-        state = self.state if state is None else state
-        return self.parts.merge(state.params, state.rest, training=training)
-
-
-def prepare(config: TrainConfig) -> Run:
-    """Load the data, build the model and optimiser, compile nothing yet."""
-    mesh = sharding.data_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
-    data = _data.load(config.dataset, config.data_dir)
-    if config.train_subset or config.test_subset:
-        data = data.subset(config.train_subset, config.test_subset)
-    data = data.standardized()
-    steps_per_epoch = data.num_train // config.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the {data.num_train} "
-                          f"training samples of {config.dataset}; lower --batch-size (or raise "
-                          "--train-subset)")
-    height, width, _ = data.input_shape
-    if config.augment_crop >= min(height, width):
-        raise ConfigError(f"augment_crop {config.augment_crop} must be smaller than the "
-                          f"{height} x {width} images of {config.dataset}; use a few pixels")
-    model = build_model(config, data.input_shape, data.num_classes)
-    num_params = param_count(model)
-    parts, params, rest = split_model(model)
-    tx, schedule = make_optimizer(config, steps_per_epoch)
-    state = sharding.replicate(mesh, init_state(params, rest, tx))
-    augment = Augmentation(config.seed, config.augment_crop, config.augment_flip)
-    return Run(config, data, parts, state, tx, schedule, mesh, steps_per_epoch, num_params,
-               make_train_step(parts, tx, schedule, mesh, augment), make_eval_step(parts, mesh))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -380,7 +330,6 @@ def _finish(run: Run, state, log: MetricsLog, reporter: Reporter, paths):
     for line in report.lines():
         reporter.print("test: " + line)
     if config.plots and main:
-        from optjax.train.plots import save_plots
         paths["plots"] = save_plots(records, report.per_sample["suboptimality_bound"], out)
     reporter.print(f"metrics: {paths['metrics']}")
     reporter.print(f"checkpoint: {paths['checkpoint']}")

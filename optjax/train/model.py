@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from optjax import backward as _backward
+from optjax.engine import backward as _backward
 from optjax import solvers as _solvers
 from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train.config import TrainConfig

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from optjax.equilibrium import backward_probe
-from optjax.nn._info import SolveStat
+from optjax.engine.equilibrium import backward_probe
+from optjax.nn.base import SolveStat
+from optjax.nn.robustness import margin_offsets
 from optjax.train import sharding
 from optjax.train.augment import Augmentation
 from optjax.train.config import TrainConfig
@@ -96,27 +97,35 @@ def init_state(params, rest, tx) -> TrainState:
                       rest=rest)
 
 
-def _forward(parts: ModelParts, params, rest, x, y, training: bool, probe=None):
+def _forward(parts: ModelParts, params, rest, x, y, training: bool, probe=None,
+             lipschitz_margin: float = 0.0):
     model = parts.merge(params, rest, training=training)
     logits, info = model(x, return_info=True, backward_probe=probe)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+    scored = logits.astype(jnp.float32)
+    if lipschitz_margin > 0:  # the loss asks for margins that certify this radius
+        scored = scored + margin_offsets(model, y, lipschitz_margin).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(scored, y)
     stats = solve_stats(info, x.shape[0])
     new_rest = _split(model)[3]
     return losses, logits, stats, new_rest
 
 
 def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
-                    augment: Augmentation | None = None) -> Callable:
+                    augment: Augmentation | None = None,
+                    lipschitz_margin: float = 0.0) -> Callable:
     """``step(state, x, y) -> (state, metrics)``, jit-compiled with the batch sharded over
     ``mesh`` and the state replicated; ``augment`` (if given) transforms ``x`` first, drawn from
     ``state.step``. Metrics (scalars): loss, accuracy, learning_rate, grad_norm, forward steps
     mean and max, residual max, converged share, and the backward (gradient) solve's steps mean
     and max and converged share, read from an :func:`optjax.backward_probe` (all NaN for a
-    model without an equilibrium layer)."""
+    model without an equilibrium layer). ``lipschitz_margin`` > 0: the loss is the
+    cross-entropy of the logits plus :func:`optjax.nn.robustness.margin_offsets` (training for
+    certified radius ``lipschitz_margin``)."""
 
     def loss_fn(params, probe, rest, x, y):
         losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True,
-                                                   probe=probe)
+                                                   probe=probe,
+                                                   lipschitz_margin=lipschitz_margin)
         return losses.mean(), (logits, stats, new_rest)
 
     def step(state: TrainState, x, y):

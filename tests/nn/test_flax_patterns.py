@@ -334,13 +334,23 @@ def test_vmap_ensemble_of_two_models_with_clipped_updates(digits):
         graphdef, state = nnx.split(eval_view)
         metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(),
                                   loss=nnx.metrics.Average("loss"))
-        alone = [single["eval_step"](nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)),
-                                     metrics, single["eval_batch"]) for i in range(2)]
+        members = [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)) for i in range(2)]
+        alone = [single["eval_step"](member, metrics, single["eval_batch"]) for member in members]
     assert np.isfinite(float(loss)) and float(grad_norm) > clip  # the clip bites
     np.testing.assert_allclose(float(step), clip, rtol=1e-4)  # sgd(1) of the clipped gradient
     assert together.shape == (2, EVAL_SIZE, 10)
     assert not np.allclose(together[0], together[1])  # two different members
-    for i in range(2):
-        np.testing.assert_allclose(together[i], alone[i], rtol=1e-5, atol=1e-5)
+    bounds = np.asarray(_equilibrium_of(eval_view).stats.distance_bound_max[...])
+    for i, member in enumerate(members):
+        # Vmapped over the members, the program has other shapes and kernels than a member run
+        # alone: the float32 solves (tol 1e-3) may stop a sample a step apart, so not bitwise.
+        # Both states lie within their certified distances r / mu of the one equilibrium (the
+        # solves certify in evaluation mode), so the logits are within the head's norm times
+        # the sum of the bounds; plus float32 rounding (rtol, atol).
+        head = np.linalg.norm(np.asarray(member.head.kernel[...], np.float64), 2)
+        bound = head * (bounds[i] + float(_equilibrium_of(member).stats.distance_bound_max[...]))
+        assert np.isfinite(bound)
+        assert bound < 0.1 * float(np.max(np.abs(together[0] - together[1])))  # still a test
+        np.testing.assert_allclose(together[i], alone[i], rtol=1e-5, atol=1e-5 + bound)
     assert single["traces"]["eval"] == 1  # a member has the structure of a single model
     assert _equilibrium_of(eval_view).stats.samples[...].shape == (2,)  # one summary each

@@ -113,9 +113,9 @@ def test_the_data_order_depends_on_seed_and_epoch_only():
 def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkeypatch):
     # Ctrl-C arrives during the 6th step: the state of step 5 is saved, and resuming from it
     # finishes with the uninterrupted run's state.
-    import optjax.train.loop as loop
+    import optjax.train.run as setup  # prepare() builds the steps there
 
-    make = loop.make_train_step
+    make = setup.make_train_step
 
     def interrupting(*args, **kwargs):
         step, calls = make(*args, **kwargs), []
@@ -127,11 +127,11 @@ def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkey
             return step(state, x, y)
         return wrapped
 
-    monkeypatch.setattr(loop, "make_train_step", interrupting)
+    monkeypatch.setattr(setup, "make_train_step", interrupting)
     first = run(tiny_config(tmp_path))
     assert first.ending == "interrupted" and int(first.state.step) == 5
     assert first.paths["checkpoint"] == tmp_path / "checkpoints" / "5"
-    monkeypatch.setattr(loop, "make_train_step", make)
+    monkeypatch.setattr(setup, "make_train_step", make)
     resumed = run(tiny_config(tmp_path), resume=True)
     for a, b in zip(_leaves(full_run.state), _leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -140,8 +140,9 @@ def test_an_interrupted_run_saves_and_resumes_exactly(full_run, tmp_path, monkey
 @pytest.mark.slow  # end to end, ~10-15 s: CI runs it with the slow checks
 def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypatch, capsys):
     import optjax.train.loop as loop
+    import optjax.train.run as setup  # prepare() builds the steps there
 
-    make = loop.make_train_step
+    make = setup.make_train_step
 
     def poisoned(*args, **kwargs):
         step, calls = make(*args, **kwargs), []
@@ -154,7 +155,7 @@ def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypa
             return new, metrics
         return wrapped
 
-    monkeypatch.setattr(loop, "make_train_step", poisoned)
+    monkeypatch.setattr(setup, "make_train_step", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"the loss became nan at step 4 .*"
                        r"checkpoints/3\. Lower --learning-rate or --grad-clip") as diverged:
         run(tiny_config(tmp_path))
@@ -167,8 +168,8 @@ def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypa
     for flag in ("--learning-rate", "--grad-clip", "--max-steps", "--solver", "--anderson-ridge",
                  "--tol", "--weight-decay", "--backward"):
         assert f"{flag} " in accepted
-    assert refused.startswith("--dataset --family --kind --width --activation --train-subset "
-                              "--batch-size --seed)")
+    assert refused.startswith("--dataset --family --kind --width --head-units --activation "
+                              "--train-subset --batch-size --seed)")
     resumed = run(tiny_config(tmp_path, learning_rate=0.005, grad_clip=0.5, stop_after=5),
                   resume=True)
     assert int(resumed.state.step) == 5 and resumed.ending == "stopped"

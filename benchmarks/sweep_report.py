@@ -1,0 +1,149 @@
+"""Report of the parameter sweep (benchmarks/fashion_mnist_sweep.sh): tables per budget and
+figures, from the rows file alone (trains nothing).
+
+    .venv/bin/python benchmarks/sweep_report.py                      # tables to stdout
+    .venv/bin/python benchmarks/sweep_report.py --figures docs/figures
+
+Tables: for every (budget, augmentation) setting, test accuracy per family over seeds (mean, sd)
+with the paired difference to OptEq per seed (a seed fixes the initialisation and the data
+order of every family), and forward solver steps per training epoch of the implicit families.
+Figures: ``accuracy_per_parameter.png`` (test accuracy against parameters, one line per family,
+error bars the seeds' standard deviation; rows without augmentation) and
+``forward_steps_per_epoch.png`` (training forward steps per epoch, one panel per budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+
+from fashion_mnist_rows import load_rows, seed_summary  # benchmarks/ is on sys.path
+
+ORDER = ("opteq", "deep_opteq", "deq", "mondeq", "explicit")
+DEFAULT_ROWS = "benchmarks/results/fashion_mnist_sweep.json"
+
+
+def settings(rows: list[dict]) -> list[tuple[int, bool]]:
+    """The (target, augmented) settings present, by budget."""
+    return sorted({(r["target"], bool(r["augmented"])) for r in rows})
+
+
+def rows_of(rows: list[dict], target: int, augmented: bool) -> list[dict]:
+    picked = [r for r in rows if r["target"] == target and bool(r["augmented"]) == augmented]
+    rank = {f: i for i, f in enumerate(ORDER)}
+    return sorted(picked, key=lambda r: (rank.get(r["family"], len(ORDER)), r["seed"]))
+
+
+def steps_table(rows: list[dict]) -> str:
+    """Training forward steps per epoch (mean over the epoch's batches), mean over seeds."""
+    implicit = [r for r in rows if r["family"] != "explicit"]
+    if not implicit:
+        return "(no implicit rows)"
+    epochs = max(len(r["per_epoch"]) for r in implicit)
+    lines = ["| family | seeds | " + " | ".join(f"ep {e + 1}" for e in range(epochs)) + " |",
+             "|---" * (epochs + 2) + "|"]
+    for family in dict.fromkeys(r["family"] for r in implicit):
+        runs = [r for r in implicit if r["family"] == family]
+        cells = []
+        for e in range(epochs):
+            values = [r["per_epoch"][e]["steps"] for r in runs if len(r["per_epoch"]) > e]
+            cells.append(f"{statistics.mean(values):.1f}" if values else "-")
+        lines.append(f"| {family} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def params_line(rows: list[dict]) -> str:
+    counts = {r["family"]: r["params"] for r in rows}
+    gap = (max(counts.values()) - min(counts.values())) / max(counts.values())
+    return ("parameters: " + ", ".join(f"{f} {n:,}" for f, n in counts.items())
+            + f" (largest gap {100 * gap:.1f}%)")
+
+
+def text_report(rows: list[dict]) -> str:
+    parts = []
+    for target, augmented in settings(rows):
+        picked = rows_of(rows, target, augmented)
+        parts.append(f"### {target:,} parameters, {'with' if augmented else 'no'} augmentation\n")
+        parts.append(params_line(picked) + "\n")
+        parts.append(seed_summary(picked) + "\n")
+        parts.append("Forward steps per training epoch (mean over batches and seeds):\n")
+        parts.append(steps_table(picked) + "\n")
+    return "\n".join(parts)
+
+
+def figures(rows: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    plain = [r for r in rows if not r["augmented"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family in [f for f in ORDER if any(r["family"] == f for r in plain)]:
+        points = []
+        for target in sorted({r["target"] for r in plain}):
+            runs = [r for r in plain if r["family"] == family and r["target"] == target]
+            if runs:
+                acc = [100 * r["test_accuracy"] for r in runs]
+                sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+                points.append((statistics.mean(r["params"] for r in runs),
+                               statistics.mean(acc), sd, len(acc)))
+        xs, ys, es, ns = zip(*points)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
+                    label=f"{family} (seeds: {'/'.join(map(str, ns))})")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST, 10 epochs, no augmentation")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    accuracy = out / "accuracy_per_parameter.png"
+    fig.savefig(accuracy, dpi=120)
+    plt.close(fig)
+
+    targets = sorted({r["target"] for r in rows})
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for family in ORDER:
+            runs = [r for r in rows if r["family"] == family and r["target"] == target
+                    and r["family"] != "explicit" and not r["augmented"]]
+            if not runs:
+                continue
+            epochs = min(len(r["per_epoch"]) for r in runs)
+            mean = [statistics.mean(r["per_epoch"][e]["steps"] for r in runs)
+                    for e in range(epochs)]
+            ax.plot(range(1, epochs + 1), mean, marker=".", label=family)
+        ax.set_title(f"{target:,} parameters")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("forward steps per batch (train)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    steps = out / "forward_steps_per_epoch.png"
+    fig.savefig(steps, dpi=120)
+    plt.close(fig)
+    return [accuracy, steps]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=DEFAULT_ROWS)
+    parser.add_argument("--figures", default=None, help="write the PNG figures into this folder")
+    args = parser.parse_args(argv)
+    rows = load_rows(pathlib.Path(args.results))
+    if not rows:
+        print(f"no rows in {args.results}")
+        return 1
+    print(text_report(rows))
+    if args.figures:
+        for path in figures(rows, pathlib.Path(args.figures)):
+            print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

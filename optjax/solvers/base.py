@@ -1,0 +1,202 @@
+r"""What every forward solver shares: its configuration base class, its result, and the batched
+loop.
+
+A solver iterates a nonexpansive map :math:`S` and stops, per sample, at the first point
+:math:`z` with :math:`\|z - S(z)\| \le` tol (or after ``max_steps`` steps). It returns that point
+with its image :math:`S(z)`, so the caller can return :math:`S(z)` and certify it without
+another evaluation.
+
+Two entry points:
+
+* :meth:`Solver.run` solves ONE sample: ``fn(z) = S(z)``.
+* :meth:`Solver.solve_batch` solves the whole batch: ``fn(z_i, data_i) = S(z_i)`` per sample.
+  The default vmaps :meth:`Solver.run`; optjax's own solvers instead run one loop over the
+  batch (:func:`batch_loop`): every step evaluates :math:`S` once on the whole batch, and a
+  sample that has stopped is frozen by one select on its point and image, so that it costs
+  nothing but its share of that evaluation.
+
+Arithmetic stays in the state's dtype: the stopping test compares the residual computed in
+that dtype with ``tol`` rounded to it, so a float32 sample stops exactly when its float32
+residual is at most ``tol``, even with x64 enabled. A NaN residual compares False: such a
+sample stops at once and the others are unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optjax.config import Config, ConfigError
+from optjax.engine.properties import MapProperty
+
+
+class SolverRun(NamedTuple):
+    """A solve's result (per sample, or with a leading batch axis from ``solve_batch``).
+
+    ``image = S(point)`` (None: the caller evaluates it); ``residual = ||point - image||`` in the
+    state's dtype, the value the solver's stopping test used (None when the solver does not
+    have it, e.g. the jaxopt references)."""
+
+    point: jax.Array
+    image: jax.Array | None
+    steps: jax.Array  # iterations taken
+    evaluations: jax.Array  # evaluations of S (a rejected candidate counts)
+    residual: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver(Config):
+    """Base class of forward solvers (frozen, hashable configurations).
+
+    Class attributes: ``name`` (registry name), ``uses_anchor`` (Halpern), ``needs_objective``
+    (the solver evaluates ``value_and_map`` and refuses to run without it), and the contract
+    with the problem families (:mod:`optjax.engine.properties`): ``requires``, the map
+    properties it needs (alternatives, any one suffices; ``()``: none), and
+    :meth:`guarantee`, what it then promises.
+    """
+
+    name: ClassVar[str] = "solver"
+    uses_anchor: ClassVar[bool] = False
+    needs_objective: ClassVar[bool] = False
+    requires: ClassVar[tuple[MapProperty, ...]] = ()
+
+    @classmethod
+    def guarantee(cls, props: MapProperty) -> str | None:
+        """What the solver promises on a map with properties ``props`` (whose ``requires`` are
+        met): a rate in words, or None when nothing is guaranteed (it may stall; the status
+        reports it per sample). Default: nothing."""
+        return None
+
+    def run(
+        self,
+        fn: Callable[[jax.Array], jax.Array],
+        z0: jax.Array,
+        *,
+        tol: float,
+        max_steps: int,
+        anchor: jax.Array | None = None,
+        value_and_map: Callable | None = None,
+    ) -> SolverRun:
+        """Solve ONE sample. ``fn(z) = S(z)``; ``value_and_map(z) = (F(z), S(z))`` at the cost of
+        one evaluation, or None when the problem has no explicit objective. The default runs
+        :meth:`solve_batch` on a batch of one."""
+        data_free = lambda f: None if f is None else (lambda z, _: f(z))  # noqa: E731
+        out = self.solve_batch(
+            data_free(fn), z0[None], None, tol=tol, max_steps=max_steps,
+            anchor=None if anchor is None else anchor[None],
+            value_and_map=data_free(value_and_map),
+        )
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+
+    def solve_batch(
+        self,
+        fn: Callable,
+        z0: jax.Array,
+        data,
+        *,
+        tol: float,
+        max_steps: int,
+        anchor: jax.Array | None = None,
+        value_and_map: Callable | None = None,
+    ) -> SolverRun:
+        """Solve the batch: ``fn(z_i, data_i) = S(z_i)`` and ``value_and_map(z_i, data_i) =
+        (F(z_i), S(z_i))`` per sample; ``z0`` and ``anchor`` of shape ``(B,) + state``, ``data`` a
+        pytree with a leading batch axis (leaves may be None). Returns batched fields; stopping
+        is per sample. The default vmaps :meth:`run` (a subclass defines one or the other)."""
+        if type(self).run is Solver.run:
+            raise NotImplementedError(f"{type(self).__name__} defines neither run nor solve_batch")
+
+        def one(z0_i, data_i, anchor_i):
+            vm = None if value_and_map is None else (lambda z: value_and_map(z, data_i))
+            return self.run(lambda z: fn(z, data_i), z0_i, tol=tol, max_steps=max_steps,
+                            anchor=anchor_i, value_and_map=vm)
+
+        return jax.vmap(one)(z0, data, anchor)
+
+    def _require_objective(self, value_and_map) -> None:
+        if self.needs_objective and value_and_map is None:
+            raise ConfigError(
+                f"the {self.name!r} solver needs the problem's explicit objective F "
+                "(value_and_map), and this problem has none; use solver='anderson' or "
+                "'nesterov' instead"
+            )
+
+
+def flat(v: jax.Array) -> jax.Array:
+    """A batch ``(B, ...)`` as ``(B, D)`` (also for B = 0)."""
+    return v.reshape(v.shape[0], math.prod(v.shape[1:]))
+
+
+def batch_norms(v: jax.Array) -> jax.Array:
+    """Per-sample Euclidean norms of a batch ``(B, ...)`` -> ``(B,)``, in its dtype."""
+    return jnp.sqrt(jnp.sum(jnp.square(flat(v)), axis=1))
+
+
+def batched(fn: Callable | None, data) -> Callable | None:
+    """``z -> vmap(fn)(z, data)``: a per-sample map applied to the whole batch."""
+    if fn is None:
+        return None
+    vmapped = jax.vmap(fn)
+    return lambda z: vmapped(z, data)
+
+
+def freeze(active: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``new`` for the active samples, ``old`` for the stopped ones (``active`` of shape (B,))."""
+    return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
+
+
+def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: int):
+    """Run ``step`` on the whole batch until every sample has stopped.
+
+    Sample ``i`` is active while ``residual[i] > tol`` (False for NaN) and fewer than
+    ``max_steps`` steps were taken. ``step(carry, residual, active, k) -> (carry, residual)``
+    advances every sample; it must leave the outputs (point, image) of the inactive samples
+    unchanged (see :func:`freeze`); their residuals are kept here. Returns
+    ``(carry, residual, steps)`` with ``steps`` (B,) int32, the step at which each sample stopped.
+    """
+    tol = jnp.asarray(tol, residual.dtype)  # the test in the state's dtype, never promoted
+
+    def cond(state):
+        _, residual, _, k = state
+        return (k < max_steps) & jnp.any(residual > tol)
+
+    def body(state):
+        carry, residual, steps, k = state
+        active = residual > tol
+        carry, new_residual = step(carry, residual, active, k)
+        residual = jnp.where(active, new_residual, residual)
+        return carry, residual, steps + active.astype(jnp.int32), k + 1
+
+    steps = jnp.zeros(residual.shape, jnp.int32)
+    carry, residual, steps, _ = jax.lax.while_loop(
+        cond, body, (carry, residual, steps, jnp.asarray(0, jnp.int32))
+    )
+    return carry, residual, steps
+
+
+def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
+                    max_steps: int) -> "SolverRun":
+    """The loop of every one-evaluation-per-step iteration: ``z_{k+1} = update(z_k, S(z_k), k)``
+    (fixed point, relaxed, anchored), stopping per sample on ``||z_k - S(z_k)|| <= tol``.
+
+    Returns the last point with its image (so no evaluation is repeated for the residual):
+    ``evaluations = steps + 1``.
+    """
+    apply = batched(fn, data)
+
+    def step(carry, _, active, k):
+        z, image = carry
+        z_new = freeze(active, update(z, image, k), z)
+        image_new = freeze(active, apply(z_new), image)
+        return (z_new, image_new), batch_norms(z_new - image_new)
+
+    image0 = apply(z0)
+    (z, image), residual, steps = batch_loop(
+        step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+    )
+    return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
+                     residual=residual)
