@@ -80,5 +80,31 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_use_ivar = True  # Attributes: sections as fields, not as second descriptions
 
+
+
+def _api_pages():
+    """The modules listed in api.md's autosummary, one generated page each."""
+    block = (DOCS / "api.md").read_text().split(":toctree: generated", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def _reexports_documented_elsewhere(pages):
+    """Per package page, the names it re-exports from a module with a page of its own: shown
+    there without a second index entry (two aliases of one object are a duplicate to Sphinx).
+    The top-level ``optjax`` page keeps its entries, so ``optjax.X`` links resolve."""
+    import importlib
+
+    out = {}
+    for page in pages:
+        if page == "optjax":
+            continue
+        module = importlib.import_module(page)
+        out[page] = [name for name in getattr(module, "__all__", ())
+                     if getattr(getattr(module, name), "__module__", page) in set(pages) - {page}]
+    return out
+
+
+autosummary_context = {"no_index": _reexports_documented_elsewhere(_api_pages())}
+
 html_theme = "furo"
 html_title = f"optjax {release}"

@@ -11,7 +11,7 @@ from optjax import solvers
 
 
 def test_from_dict_names_unknown_keys_and_lists_valid_ones():
-    with pytest.raises(optjax.ConfigError, match=r"'size'.*valid options are: history, ridge, mixing"):
+    with pytest.raises(optjax.ConfigError, match=r"'size'.*valid options are: trace, history, ridge, mixing"):
         solvers.Anderson.from_dict({"history": 3, "size": 2})
     assert solvers.Anderson.from_dict({"history": 3}) == solvers.Anderson(history=3)
 

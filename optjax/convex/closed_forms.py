@@ -21,7 +21,7 @@ def with_derivative(value: Callable, derivative: Callable) -> Callable:
     """``value`` with its derivative replaced by ``derivative`` (a custom JVP).
 
     Used for potentials with derivative sigma: jax then differentiates Phi exactly as sigma
-    (Phi'' = sigma' in Hessians), whatever kinks (|t|) or NaN-gradient special functions
+    (Phi'' = sigma' in Hessians), whatever kinks (``|t|``) or NaN-gradient special functions
     (spence) the closed form goes through.
     """
     fn = jax.custom_jvp(value)

@@ -117,6 +117,7 @@ def equilibrium(
     init: jax.Array | None = None,
     backward_probe: BackwardStats | None = None,
     certify: bool = True,
+    trace: bool = False,
 ) -> tuple[jax.Array, SolveInfo]:
     """Solve ``problem`` for a batch and return ``(z_star, info)``.
 
@@ -149,11 +150,14 @@ def equilibrium(
         given; see :meth:`optjax.OptEqProblem.with_norm`). ``False`` computes no norm: the
         bounds are infinite, and only clearly nonconvex weights are detected (a cheap
         certified lower bound on ``||W||``).
+      trace: record every sample's residual (and objective, where the solver computes it) at
+        every step in ``info.trace`` (fixed size ``(batch, max_steps + 1)``, under ``jit``);
+        False (default) records nothing and costs nothing.
 
     Raises:
-      NonconvexError: when, outside of tracing, the problem breaks convexity (under ``jit`` the
+      ~optjax.NonconvexError: when, outside of tracing, the problem breaks convexity (under ``jit`` the
         samples get ``Status.NONCONVEX`` with the reason in ``info.failures()``).
-      ConfigError, ValueError, TypeError: bad options, shapes, dtypes or problem parameters,
+      ~optjax.ConfigError, ValueError, TypeError: bad options, shapes, dtypes or problem parameters,
         with what to change.
     """
     if not isinstance(problem, EquilibriumProblem):
@@ -166,6 +170,10 @@ def equilibrium(
         raise ConfigError(f"certify must be True or False, got {certify!r}")
     solver_cfg = _solvers.get(problem.default_solver if solver is None else solver,
                               **(solver_options or {}))
+    if not isinstance(trace, bool):
+        raise ConfigError(f"trace must be True or False, got {trace!r}")
+    if trace:
+        solver_cfg = solver_cfg.replace(trace=True)
     refused = refusal(solver_cfg, problem, _registered_solvers())
     if refused is not None:
         raise ConfigError(refused)
@@ -244,5 +252,6 @@ def _solve(problem, x, feature, anchor, init, probe, conditions, *, solver, back
         problem=problem.kind,
         certified=certify,
         reasons=tuple((int(bit), text) for bit, text in problem.defect_reasons.items()),
+        trace=stats.trace,
     )
     return z_star, info

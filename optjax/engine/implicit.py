@@ -50,6 +50,7 @@ class ForwardStats(NamedTuple):
     steps: jax.Array
     evaluations: jax.Array
     last: jax.Array  # z_last, the point whose image S(z_last) is returned (no gradient)
+    trace: object = None  # the solver's Trace with trace=True
 
 
 def _norms(v: jax.Array) -> jax.Array:
@@ -105,6 +106,7 @@ def _solve(map_fn, solver, tol, max_steps, params, data, z0, anchor):
         steps=jnp.asarray(run.steps).astype(jnp.int32),
         evaluations=jnp.asarray(evaluations).astype(jnp.int32),
         last=point,
+        trace=getattr(run, "trace", None),
     )
     return image, stats
 

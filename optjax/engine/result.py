@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 import enum
 
 import jax
@@ -90,6 +91,10 @@ class SolveInfo:
       problem: the problem's kind (``"opteq"``, ``"deep_opteq"``, ``"deq"``, ``"mondeq"``).
       certified: whether the problem's assumptions were certified (``certify=True``).
       reasons: what each defect bit means for this problem, and what to change (static).
+      trace: with ``equilibrium(..., trace=True)``, the per-sample history
+        (:class:`optjax.solvers.Trace`: residual and objective after every step,
+        ``(batch, max_steps + 1)``); None otherwise. The residual is the one the solver's
+        stopping test uses (for a splitting, in its own variable).
     """
 
     steps: jax.Array
@@ -105,6 +110,7 @@ class SolveInfo:
     problem: str = dataclasses.field(default="opteq", metadata=dict(static=True))
     certified: bool = dataclasses.field(default=True, metadata=dict(static=True))
     reasons: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    trace: Any = None
 
     @property
     def residual(self) -> jax.Array:

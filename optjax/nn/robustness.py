@@ -154,12 +154,13 @@ def pgd_l2(model: ImplicitClassifier, x: jax.Array, y: jax.Array, eps, *,
         norm = jnp.sqrt(jnp.sum(delta * delta, axis=axes, keepdims=True))
         return delta * jnp.minimum(1.0, eps / jnp.maximum(norm, 1e-30))
 
-    delta = jnp.zeros_like(x)
-    for _ in range(steps):
+    def step(_, delta):
         g = grad(x + delta)
         g = g / jnp.maximum(jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True)), 1e-30)
-        delta = project(delta + alpha * g)
-    return x + delta
+        return project(delta + alpha * g)
+
+    # A loop, not a Python unroll: one step is traced and compiled, whatever ``steps`` is.
+    return x + jax.lax.fori_loop(0, steps, step, jnp.zeros_like(x))
 
 
 def robust_accuracy(model: ImplicitClassifier, x: jax.Array, y: jax.Array,
@@ -176,15 +177,15 @@ def robust_accuracy(model: ImplicitClassifier, x: jax.Array, y: jax.Array,
     features = feature_lipschitz(model)
     forward = nnx.jit(lambda m, x: m(x))
     radius = nnx.jit(lambda m, x, y: certified_radius(m, x, y, features))
-    attack = {eps: nnx.jit(lambda m, x, y, e=eps: pgd_l2(m, x, y, e, steps=pgd_steps))
-              for eps in epsilons}
+    attack = nnx.jit(lambda m, x, y, e: pgd_l2(m, x, y, e, steps=pgd_steps))  # one compile
     correct, radii, robust = [], [], {eps: [] for eps in epsilons}
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         correct.append(jnp.argmax(forward(model, xb), axis=1) == yb)
         radii.append(radius(model, xb, yb))
         for eps in epsilons:
-            robust[eps].append(jnp.argmax(forward(model, attack[eps](model, xb, yb)), axis=1) == yb)
+            attacked = attack(model, xb, yb, jnp.asarray(eps, xb.dtype))
+            robust[eps].append(jnp.argmax(forward(model, attacked), axis=1) == yb)
     correct = jnp.concatenate(correct)
     radii = jnp.concatenate(radii)
     bound = None if features is None else float(features * linear_map.spectral_norm(_head(model)))

@@ -2,7 +2,7 @@
 ``solve_batch`` (the batch, one loop; stopping per sample)."""
 
 from optjax.config import ConfigError
-from optjax.solvers.base import Solver, SolverRun
+from optjax.solvers.base import Solver, SolverRun, Trace
 from optjax.solvers.anderson import Anderson
 from optjax.solvers.fixed_point import FixedPoint
 from optjax.solvers.halpern import Halpern
@@ -32,6 +32,6 @@ def get(solver, **options) -> Solver:
 
 
 __all__ = [
-    "Solver", "SolverRun", "FixedPoint", "Anderson", "SafeguardedAnderson", "Halpern", "Nesterov",
+    "Solver", "SolverRun", "Trace", "FixedPoint", "Anderson", "SafeguardedAnderson", "Halpern", "Nesterov",
     "JaxoptFixedPoint", "JaxoptAnderson", "SOLVERS", "get",
 ]

@@ -190,10 +190,10 @@ class Anderson(Solver):
         f0 = apply(x0)
         g0 = f0 - x0
         carry = (start_history(f0, g0, m), x0, f0)
-        (_, point, image), residual, steps = batch_loop(
-            step, carry, batch_norms(g0), tol=tol, max_steps=max_steps
+        (_, point, image), residual, steps, recorded = batch_loop(
+            step, carry, batch_norms(g0), tol=tol, max_steps=max_steps, trace=self.trace
         )
         return SolverRun(
             point=point.reshape(z0.shape), image=image.reshape(z0.shape), steps=steps,
-            evaluations=steps + 1, residual=residual,
+            evaluations=steps + 1, residual=residual, trace=recorded,
         )

@@ -34,6 +34,16 @@ from optjax.config import Config, ConfigError
 from optjax.engine.properties import MapProperty
 
 
+class Trace(NamedTuple):
+    """Per-sample history of a solve (``trace=True``), ``(B, max_steps + 1)`` each: the residual
+    ``||z_k - S(z_k)||`` of the point after ``k`` steps (column 0: the start) and the objective
+    there where the solver computes it (the safeguarded Anderson solver; NaN otherwise). NaN
+    after the sample stopped."""
+
+    residual: jax.Array
+    objective: jax.Array
+
+
 class SolverRun(NamedTuple):
     """A solve's result (per sample, or with a leading batch axis from ``solve_batch``).
 
@@ -46,11 +56,15 @@ class SolverRun(NamedTuple):
     steps: jax.Array  # iterations taken
     evaluations: jax.Array  # evaluations of S (a rejected candidate counts)
     residual: jax.Array | None = None
+    trace: Trace | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Solver(Config):
     """Base class of forward solvers (frozen, hashable configurations).
+
+    Field: ``trace`` (default False): record every sample's residual (and objective, where the
+    solver computes it) at every step in a fixed-size :class:`Trace`; off, it costs nothing.
 
     Class attributes: ``name`` (registry name), ``uses_anchor`` (Halpern), ``needs_objective``
     (the solver evaluates ``value_and_map`` and refuses to run without it), and the contract
@@ -58,6 +72,8 @@ class Solver(Config):
     properties it needs (alternatives, any one suffices; ``()``: none), and
     :meth:`guarantee`, what it then promises.
     """
+
+    trace: bool = False
 
     name: ClassVar[str] = "solver"
     uses_anchor: ClassVar[bool] = False
@@ -149,37 +165,52 @@ def freeze(active: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
 
 
-def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: int):
+def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: int,
+               trace: bool = False, value: Callable | None = None):
     """Run ``step`` on the whole batch until every sample has stopped.
 
     Sample ``i`` is active while ``residual[i] > tol`` (False for NaN) and fewer than
     ``max_steps`` steps were taken. ``step(carry, residual, active, k) -> (carry, residual)``
     advances every sample; it must leave the outputs (point, image) of the inactive samples
     unchanged (see :func:`freeze`); their residuals are kept here. Returns
-    ``(carry, residual, steps)`` with ``steps`` (B,) int32, the step at which each sample stopped.
+    ``(carry, residual, steps, trace)`` with ``steps`` (B,) int32, the step at which each sample
+    stopped, and ``trace`` a :class:`Trace` when ``trace`` is True (``value(carry)``: the
+    per-sample objective at the current points, if the solver has it), else None.
     """
     tol = jnp.asarray(tol, residual.dtype)  # the test in the state's dtype, never promoted
+    history = None
+    if trace:
+        nan = jnp.full((max_steps + 1,) + residual.shape, jnp.nan, residual.dtype)
+        first = nan[0] if value is None else value(carry).astype(residual.dtype)
+        history = (nan.at[0].set(residual), nan.at[0].set(first))
 
     def cond(state):
-        _, residual, _, k = state
+        _, residual, _, k, _ = state
         return (k < max_steps) & jnp.any(residual > tol)
 
     def body(state):
-        carry, residual, steps, k = state
+        carry, residual, steps, k, history = state
         active = residual > tol
         carry, new_residual = step(carry, residual, active, k)
         residual = jnp.where(active, new_residual, residual)
-        return carry, residual, steps + active.astype(jnp.int32), k + 1
+        if history is not None:
+            res_h, val_h = history
+            res_h = res_h.at[k + 1].set(jnp.where(active, residual, jnp.nan))
+            if value is not None:
+                val_h = val_h.at[k + 1].set(jnp.where(active, value(carry), jnp.nan))
+            history = (res_h, val_h)
+        return carry, residual, steps + active.astype(jnp.int32), k + 1, history
 
     steps = jnp.zeros(residual.shape, jnp.int32)
-    carry, residual, steps, _ = jax.lax.while_loop(
-        cond, body, (carry, residual, steps, jnp.asarray(0, jnp.int32))
+    carry, residual, steps, _, history = jax.lax.while_loop(
+        cond, body, (carry, residual, steps, jnp.asarray(0, jnp.int32), history)
     )
-    return carry, residual, steps
+    recorded = None if history is None else Trace(history[0].T, history[1].T)
+    return carry, residual, steps, recorded
 
 
 def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
-                    max_steps: int) -> "SolverRun":
+                    max_steps: int, trace: bool = False) -> "SolverRun":
     """The loop of every one-evaluation-per-step iteration: ``z_{k+1} = update(z_k, S(z_k), k)``
     (fixed point, relaxed, anchored), stopping per sample on ``||z_k - S(z_k)|| <= tol``.
 
@@ -195,8 +226,8 @@ def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
         return (z_new, image_new), batch_norms(z_new - image_new)
 
     image0 = apply(z0)
-    (z, image), residual, steps = batch_loop(
-        step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps
+    (z, image), residual, steps, recorded = batch_loop(
+        step, (z0, image0), batch_norms(z0 - image0), tol=tol, max_steps=max_steps, trace=trace
     )
     return SolverRun(point=z, image=image, steps=steps, evaluations=steps + 1,
-                     residual=residual)
+                     residual=residual, trace=recorded)

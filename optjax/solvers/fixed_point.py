@@ -44,4 +44,5 @@ class FixedPoint(Solver):
         def update(z, image, k):
             return z + alpha * (image - z) if alpha != 1.0 else image
 
-        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps)
+        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps,
+                               trace=self.trace)

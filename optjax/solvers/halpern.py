@@ -42,4 +42,5 @@ class Halpern(Solver):
             beta = 1 / (k.astype(z.dtype) + 2)
             return image + beta * (u - image)
 
-        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps)
+        return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps,
+                               trace=self.trace)

@@ -39,6 +39,8 @@ class JaxoptFixedPoint(Solver):
 
     def _validate(self):
         jaxopt_adapter.load()  # asked for: jaxopt must import, or say what to install
+        require(not self.trace, "jaxopt's solvers keep no history: trace=True needs one of "
+                "optjax's own solvers")
 
     def run(self, fn, z0, *, tol, max_steps, anchor=None, value_and_map=None) -> SolverRun:
         out = jaxopt_adapter.fixed_point_iteration(fn, z0, tol=tol, max_steps=max_steps)
@@ -59,6 +61,8 @@ class JaxoptAnderson(Solver):
 
     def _validate(self):
         jaxopt_adapter.load()
+        require(not self.trace, "jaxopt's solvers keep no history: trace=True needs one of "
+                "optjax's own solvers")
         positive_int("JaxoptAnderson", "history", self.history, minimum=2)
         require(
             isinstance(self.ridge, (int, float)) and not isinstance(self.ridge, bool)

@@ -72,8 +72,8 @@ class Nesterov(Solver):
         image0 = apply(z0)
         residual0, fire0, direction0 = measure(z0, image0, z0)
         t0 = jnp.ones((batch,), z0.dtype)
-        (y, image, _, _, _), residual, steps = batch_loop(
-            step, (z0, image0, direction0, t0, fire0), residual0, tol=tol, max_steps=max_steps
-        )
+        (y, image, _, _, _), residual, steps, recorded = batch_loop(
+            step, (z0, image0, direction0, t0, fire0), residual0, tol=tol, max_steps=max_steps,
+            trace=self.trace)
         return SolverRun(point=y, image=image, steps=steps, evaluations=steps + 1,
-                         residual=residual)
+                         residual=residual, trace=recorded)

@@ -131,10 +131,10 @@ class SafeguardedAnderson(Solver):
         g0 = f0 - x0
         no = jnp.zeros((batch,), bool)
         carry = (start_history(f0, g0, m), x0, f0, value0, no)
-        (_, point, image, _, _), residual, steps = batch_loop(
-            step, carry, batch_norms(g0), tol=tol, max_steps=max_steps
-        )
+        (_, point, image, _, _), residual, steps, recorded = batch_loop(
+            step, carry, batch_norms(g0), tol=tol, max_steps=max_steps, trace=self.trace,
+            value=lambda carry: carry[3])  # F at the accepted points
         return SolverRun(
             point=point.reshape(z0.shape), image=image.reshape(z0.shape), steps=steps,
-            evaluations=steps + 1, residual=residual,
+            evaluations=steps + 1, residual=residual, trace=recorded,
         )

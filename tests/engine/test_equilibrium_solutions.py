@@ -252,3 +252,22 @@ class JitAndEagerAgree(chex.TestCase):
         numeric = (loss(problem.weight + h * direction) - loss(problem.weight - h * direction)) / (
             2 * h)
         chex.assert_trees_all_close(jnp.vdot(grad, direction), numeric, rtol=1e-6)
+
+
+def test_trace_records_the_solve_of_every_problem_under_jit():
+    """equilibrium(..., trace=True): info.trace holds each sample's residual after every step
+    (the returned residual at its last step, NaN after), under jit; the default records none;
+    jaxopt's reference solvers keep no history and say so."""
+    problem, x = random_problem(0, norm=0.9, activation="tanh", batch=3)
+    solve = jax.jit(lambda p, x: optjax.equilibrium(p, x, tol=1e-9, max_steps=80, trace=True))
+    _, info = solve(problem, x)
+    history = np.asarray(info.trace.residual)
+    assert history.shape == (3, 81)
+    for i, k in enumerate(np.asarray(info.steps)):
+        assert history[i, k] <= 1e-9 < history[i, k - 1] and np.all(np.isnan(history[i, k + 1:]))
+    assert np.all(np.isfinite(np.asarray(info.trace.objective)[:, 0]))  # the default solver's F
+    assert optjax.equilibrium(problem, x)[1].trace is None
+    with pytest.raises(optjax.ConfigError, match="keep no history"):
+        optjax.equilibrium(problem, x, solver="jaxopt_anderson", trace=True)
+    with pytest.raises(optjax.ConfigError, match="trace must be True or False"):
+        optjax.equilibrium(problem, x, trace=1)

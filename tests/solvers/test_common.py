@@ -64,17 +64,21 @@ def test_stopping_is_per_sample(name):
     tol = 1e-4 if name == "halpern" else 1e-9
     cap = 100000 if name == "halpern" else 5000
     z0 = jnp.zeros((5, 8))
-    solve = jax.jit(lambda z0, c, m: solver.solve_batch(fn, z0, c, value_and_map=vam, tol=tol,
-                                                        max_steps=m), static_argnums=2)
+    solve = jax.jit(lambda z0, c, m: solver.replace(trace=True).solve_batch(
+        fn, z0, c, value_and_map=vam, tol=tol, max_steps=m), static_argnums=2)
     batch = solve(z0, c, cap)
     steps = np.asarray(batch.steps)
     assert len(set(steps.tolist())) > 1, steps
     r = residuals(fn, batch.point, c)
     assert np.all(r <= tol), r
-    # One step earlier every sample was still above tol: it stopped at its first chance.
+    # One step earlier every sample was still above tol: it stopped at its first chance (from
+    # the solver's history, and from a rerun capped one step earlier for one sample).
+    history = np.asarray(batch.trace.residual)
     for i in range(5):
-        earlier = solve(z0, c, int(steps[i]) - 1)
-        assert residuals(fn, earlier.point, c)[i] > tol, (i, steps[i])
+        assert history[i, steps[i] - 1] > tol >= history[i, steps[i]], (i, steps[i])
+        assert np.all(np.isnan(history[i, steps[i] + 1:]))
+    earlier = solve(z0, c, int(steps[0]) - 1)
+    assert residuals(fn, earlier.point, c)[0] > tol
     # Alone: also stopped at tol, at the same equilibrium (to 2 tol / mu, see _modulus).
     mu = _modulus(problem)
     for i in range(5):
@@ -182,3 +186,38 @@ def test_an_empty_batch_gives_empty_results(name):
     out = solvers.get(name).solve_batch(fn, jnp.zeros((0, 8)), c[:0], tol=1e-6, max_steps=10,
                                         value_and_map=vam)
     assert out.point.shape == (0, 8) and out.steps.shape == (0,)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_the_trace_records_each_step_and_costs_nothing_when_off(name):
+    """trace=True: the residual after every step, per sample (column 0: the start; NaN after
+    the sample stopped), the last one the returned residual; the objective where the solver
+    computes it (the safeguarded Anderson solver: F at the accepted point, against F written
+    in the test). trace=False: no history in the compiled loop."""
+    _, _, c, fn, vam = dense_case(8, norm=0.9, batch=3)
+    solver = solvers.get(name)
+    cap = 200 if name == "halpern" else 100
+    kw = dict(tol=1e-3 if name == "halpern" else 1e-8, max_steps=cap)
+    z0 = jnp.zeros((3, 8))
+    traced = _solve(solver.replace(trace=True), fn, vam, z0, c, **kw)
+    plain = _solve(solver, fn, vam, z0, c, **kw)
+    assert plain.trace is None
+    np.testing.assert_array_equal(np.asarray(traced.steps), np.asarray(plain.steps))
+    history = np.asarray(traced.trace.residual)
+    assert history.shape == (3, cap + 1)
+    np.testing.assert_allclose(history[:, 0], residuals(fn, z0, c), rtol=1e-12)
+    for i, k in enumerate(np.asarray(traced.steps)):
+        np.testing.assert_allclose(history[i, k], np.asarray(traced.residual)[i], rtol=0)
+        assert np.all(np.isfinite(history[i, :k + 1])) and np.all(np.isnan(history[i, k + 1:]))
+    values = np.asarray(traced.trace.objective)
+    if name == "safeguarded_anderson":
+        last = [values[i, k] for i, k in enumerate(np.asarray(traced.steps))]
+        f = jax.vmap(lambda z, ci: vam(z, ci)[0])(traced.point, c)
+        np.testing.assert_allclose(last, f, rtol=1e-12)
+        assert np.all(np.diff(values[0, :int(traced.steps[0]) + 1]) <= 1e-12)
+    else:
+        assert np.all(np.isnan(values))
+    shapes = [v.aval.shape for e in _equations(jax.make_jaxpr(
+        lambda z0, c: solver.solve_batch(fn, z0, c, value_and_map=vam, **kw))(z0, c).jaxpr)
+        for v in e.outvars if hasattr(v.aval, "shape")]
+    assert not [s for s in shapes if s and s[0] == cap + 1], "a history without trace=True"
