@@ -8,7 +8,7 @@ DOCS_STAMP := $(VENV)/.installed-docs-stamp
 EXECUTED_NOTEBOOKS := $(CURDIR)/docs/notebooks
 PYTEST_ARGS ?=
 
-.PHONY: run demo test test-slow test-claims notebooks docs docs-html ci bench bench-fashion clean
+.PHONY: run demo test test-slow test-claims typecheck notebooks docs docs-html ci bench bench-fashion clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10
+
+# The type check of the package: mypy with the settings of pyproject.toml ([tool.mypy]).
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 # The whole suite with the slow checks.
 test-slow: $(STAMP)
@@ -57,7 +61,8 @@ docs-html: $(DOCS_STAMP)
 	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 	@echo "documentation: docs/_build/html/index.html"
 
-# What CI runs (.ci/run): `make test`, then the slow checks and the docs, each timed.
+# What CI runs (.ci/run): `make test`, the type check, then the slow checks and the docs,
+# each timed.
 ci:
 	bash .ci/run
 
@@ -68,4 +73,4 @@ bench-fashion: $(STAMP)
 	$(PY) benchmarks/fashion_mnist.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis runs docs/_build docs/generated docs/notebooks
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache runs docs/_build docs/generated docs/notebooks

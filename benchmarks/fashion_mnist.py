@@ -81,6 +81,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--lipschitz-margin", type=float, default=0.0,
                         help="train for certified robustness at this L2 radius (TrainConfig."
                              "lipschitz_margin; 0: off, the recorded runs)")
+    parser.add_argument("--jacobian-penalty", type=float, default=0.0,
+                        help="DEQ: weight of the Hutchinson Jacobian penalty (TrainConfig."
+                             "jacobian_penalty; 0: off, the recorded runs)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=60000,
                         help="first n training images (60000: all)")
@@ -158,7 +161,8 @@ def base_config(args) -> TrainConfig:
         warmup_epochs=min(args.warmup_epochs, float(args.epochs)),
         augment_crop=args.augment_crop, augment_flip=args.augment_flip,
         anderson_ridge=args.anderson_ridge or None, lipschitz_margin=args.lipschitz_margin,
-        progress=False, plots=False)
+        jacobian_penalty=args.jacobian_penalty, progress=False, plots=False,
+        **({"family": "deq"} if args.jacobian_penalty else {}))  # the penalty is DEQ's alone
 
 
 def setting(base: TrainConfig, target: int) -> str:
@@ -166,6 +170,7 @@ def setting(base: TrainConfig, target: int) -> str:
     recorded conv comparison (100,000 parameters, augmented), else e.g. ``p15000_noaug``."""
     augmented = bool(base.augment_crop or base.augment_flip)
     margin = f"_lm{base.lipschitz_margin:g}" if base.lipschitz_margin else ""
+    margin += f"_jp{base.jacobian_penalty:g}" if base.jacobian_penalty else ""
     if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented and
                                 not margin):
         return ""
@@ -202,7 +207,8 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
         "train_size": base.train_subset or 60000, "test_size": report.num_samples,
         "width": width, "head_units": head, "target": target,
         "augmented": bool(base.augment_crop or base.augment_flip),
-        "lipschitz_margin": base.lipschitz_margin, "run_dir": str(config.out_path),
+        "lipschitz_margin": base.lipschitz_margin, "jacobian_penalty": base.jacobian_penalty,
+        "run_dir": str(config.out_path),
         "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
@@ -300,7 +306,8 @@ def main(argv=None) -> int:
             probe = {"family": family, "kind": args.kind, "seed": seed, "epochs": args.epochs,
                      "train_size": args.train_subset, "target": args.target,
                      "augmented": bool(base.augment_crop or base.augment_flip),
-                     "lipschitz_margin": args.lipschitz_margin}
+                     "lipschitz_margin": args.lipschitz_margin,
+                     "jacobian_penalty": args.jacobian_penalty}
             done = [r for r in load_rows(results) if same_run(r, probe)]
             if args.resume and done:
                 print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)

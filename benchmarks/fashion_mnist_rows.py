@@ -55,7 +55,8 @@ def result_row(r: dict, config: dict) -> dict:
     return {
         "family": r["family"], "kind": r["kind"], "width": r["width"],
         "head_units": r["head_units"], "target": r["target"], "augmented": r["augmented"],
-        "lipschitz_margin": r["lipschitz_margin"], "run_dir": r["run_dir"],
+        "lipschitz_margin": r["lipschitz_margin"],
+        "jacobian_penalty": r.get("jacobian_penalty", 0.0), "run_dir": r["run_dir"],
         "params": r["params"],
         "seed": r["seed"], "epochs": r["epochs"], "train_size": r["train_size"],
         "test_size": r["test_size"], "test_accuracy": r["test_accuracy"],
@@ -78,7 +79,7 @@ def key(row: dict) -> tuple:
     target = row.get("target") or RECORDED_TARGETS.get(kind)
     augmented = row.get("augmented", kind == "conv")
     return tuple(row.get(k) for k in ("family", "kind", "seed", "epochs", "train_size")) + (
-        target, augmented, row.get("lipschitz_margin") or 0.0)
+        target, augmented, row.get("lipschitz_margin") or 0.0, row.get("jacobian_penalty") or 0.0)
 
 
 def same_run(a: dict, b: dict) -> bool:

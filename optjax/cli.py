@@ -19,12 +19,15 @@ import pathlib
 import sys
 import types
 import typing
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from optjax.train.config import TrainConfig
 
 __all__ = ["main", "train_config"]
 
 
-def _field_type(name: str):
+def _field_type(name: str) -> tuple[Any, bool]:
     from optjax.train.config import TrainConfig
 
     hint = typing.get_type_hints(TrainConfig)[name]
@@ -33,8 +36,8 @@ def _field_type(name: str):
     return base, type(None) in args
 
 
-def _parser_for(base, optional: bool, flag: str):
-    def parse(text: str):
+def _parser_for(base: Any, optional: bool, flag: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         if optional and text.lower() in ("none", "null", ""):
             return None
         try:
@@ -140,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of ``optjax train`` arguments."""
     from optjax.train.checkpoint import CheckpointError, Checkpoints
     from optjax.train.config import TrainConfig, load_file
@@ -155,7 +158,7 @@ def train_config(args: argparse.Namespace):
         probe = Checkpoints(ckpt_dir, TrainConfig(out_dir=out_dir)) if ckpt_dir.is_dir() \
             else None
         latest = probe.latest_step() if probe is not None else None
-        if latest is None:
+        if probe is None or latest is None:
             raise CheckpointError(
                 f"no checkpoint in {ckpt_dir}: train without --resume first, or point --out-dir "
                 "at the run to continue")
@@ -205,7 +208,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
                           "run")
 
 
-def _check_plots(config) -> None:
+def _check_plots(config: TrainConfig) -> None:
     from optjax.config import ConfigError
 
     if config.plots and importlib.util.find_spec("matplotlib") is None:

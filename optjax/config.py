@@ -14,7 +14,15 @@ C = TypeVar("C", bound="Config")
 
 
 class ConfigError(ValueError):
-    """An option has an unknown name or an invalid value."""
+    """An option has an unknown name or an invalid value.
+
+    Examples:
+      >>> import optjax
+      >>> optjax.backward.get("gmres", restrt=10)             # a misspelt option
+      Traceback (most recent call last):
+      ...
+      optjax.config.ConfigError: unknown option(s) for GMRES: 'restrt'; valid options are: ...
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +78,8 @@ def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
     )
 
 
-def in_interval(owner: str, name: str, value: Any, low: float, high: float, *, open_low=True) -> None:
+def in_interval(owner: str, name: str, value: Any, low: float, high: float, *,
+                open_low: bool = True) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (low < value if open_low else low <= value) and value <= high
     bracket = "(" if open_low else "["

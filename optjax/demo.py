@@ -25,7 +25,8 @@ import optjax  # noqa: E402
 SOLVERS = ("fixed_point", "anderson", "nesterov", "halpern")
 
 
-def build(seed: int, d: int, n: int, p: int, batch: int, norm: float, activation: str):
+def build(seed: int, d: int, n: int, p: int, batch: int, norm: float,
+          activation: str) -> tuple[optjax.OptEqProblem, jax.Array]:
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(n, d))
     w *= norm / np.linalg.norm(w, 2)
@@ -38,12 +39,12 @@ def build(seed: int, d: int, n: int, p: int, batch: int, norm: float, activation
     return problem, jnp.asarray(rng.normal(size=(batch, p)))
 
 
-def reference_minimizer(problem, x):
+def reference_minimizer(problem: optjax.OptEqProblem, x: jax.Array) -> np.ndarray:
     """argmin G per sample by scipy's trust-region Newton method on G written from the
     potential, with autodiff gradient and Hessian: independent of T and of optjax's solvers."""
     c = optjax.injection(problem, x)
 
-    def g(z, ci):
+    def g(z: jax.Array, ci: jax.Array) -> jax.Array:
         return 0.5 * jnp.dot(z, z) - jnp.sum(problem.activation.potential(problem.weight @ z + ci))
 
     value_and_grad = jax.jit(jax.value_and_grad(g))
@@ -63,7 +64,7 @@ def reference_minimizer(problem, x):
     return np.stack(out)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--d", type=int, default=64)

@@ -40,6 +40,18 @@ def test_benchmark_quick_run_prints_its_tables():
 
 
 @pytest.mark.slow
+def test_backward_memory_quick_run_is_flat_where_unrolling_grows():
+    """The memory benchmark's smoke run: the implicit backward's compiled memory does not grow
+    from 3 to 10 forward steps, the unrolled one does (its tables' own numbers)."""
+    stdout = _script("backward_memory.py", "--quick")
+    rows = [line.split("|")[1:4] for line in stdout.splitlines()
+            if line.startswith("| 3 |") or line.startswith("| 10 |")]
+    assert len(rows) == 4, stdout
+    for short, long in (rows[0:2], rows[2:4]):
+        assert float(long[1]) == float(short[1]) and float(long[2]) > float(short[2]), stdout
+
+
+@pytest.mark.slow
 def test_families_benchmark_quick_run_prints_every_family():
     stdout = _script("families.py", "--quick")
     for needle in ("opteq dense", "deq dense", "mondeq dense", "deep_opteq dense", "opteq conv",

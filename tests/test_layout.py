@@ -113,3 +113,17 @@ def test_the_engine_imports_no_family():
     wrong = {m: sorted(d for d in graph[m] if d.startswith(("optjax.families", "optjax.nn")))
              for m in engine}
     assert not any(wrong.values()), wrong
+
+
+def test_test_only_packages_stay_out_of_the_library():
+    """chex and pytest are the test suite's (the dev extra), so no optjax module imports them;
+    jaxopt is imported by its adapter only (tests/test_import.py runs optjax without it)."""
+    wrong = {}
+    for name in MODULES:
+        bad = sorted({t for t, _ in _imports(name)
+                      if t.split(".")[0] in ("chex", "pytest", "hypothesis")
+                      or (t.split(".")[0] == "jaxopt"
+                          and name != "optjax.solvers.jaxopt_adapter")})
+        if bad:
+            wrong[name] = bad
+    assert not wrong, wrong

@@ -28,6 +28,17 @@ arctan        -log cos y - y^2/2, abs(y) < pi/2              t arctan t - log(1 
 (``Li2`` is the dilogarithm; the ``-pi^2/6`` makes the softplus pair satisfy Fenchel--Young.)
 GELU, SiLU/swish and Mish are not proximal operators: they decrease on a half-line and have slope
 above 1 somewhere.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> from optjax import activations
+  >>> activations.available()
+  ('relu', 'leaky_relu', 'hardtanh', 'tanh', 'sigmoid', 'softplus', 'softsign', 'arctan')
+  >>> activations.get("sigmoid").slope_bound        # s_sigma = sup sigma'
+  0.25
+  >>> half_tanh = activations.from_function(lambda t: 0.5 * jnp.tanh(t), name="half_tanh")
+  >>> half_tanh.name, half_tanh.slope_bound          # checked: nondecreasing, 1-Lipschitz
+  ('half_tanh', 1.0)
 """
 
 from __future__ import annotations
@@ -52,7 +63,15 @@ __all__ = ["Activation", "NotAProxError", "available", "from_function", "get"]
 
 
 class NotAProxError(ValueError):
-    """The map is not a proximal operator (not nondecreasing, or not 1-Lipschitz)."""
+    """The map is not a proximal operator (not nondecreasing, or not 1-Lipschitz).
+
+    Examples:
+      >>> import optjax
+      >>> optjax.activations.get("gelu")
+      Traceback (most recent call last):
+      ...
+      optjax.convex.activations.NotAProxError: gelu is not a proximal operator ...
+    """
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,6 +92,16 @@ class Activation:
 
     Equality and hashing use ``(name, params)`` only, so an activation can be a static jit
     argument and ``get("leaky_relu", slope=0.1)`` twice gives equal activations.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optjax
+      >>> act = optjax.activations.get("leaky_relu", slope=0.1)
+      >>> act
+      Activation('leaky_relu', slope=0.1)
+      >>> t = jnp.array([-1.0, 2.0])
+      >>> act(t), act.potential(t)                 # sigma = prox_f, and Phi with Phi' = sigma
+      (Array([-0.1,  2. ], dtype=float32), Array([0.05, 2.  ], dtype=float32))
     """
 
     name: str
@@ -83,36 +112,38 @@ class Activation:
     params: tuple = ()
     fused: Callable | None = None
 
-    def __call__(self, t):
+    def __call__(self, t: jax.Array) -> jax.Array:
         return self.prox(t)
 
-    def potential_and_prox(self, t):
+    def potential_and_prox(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(Phi(t), sigma(t))``, elementwise: what the objective and the map of one
         evaluation need, at the cost of sigma plus what Phi adds to it."""
         if self.fused is None:
             return self.potential(t), self.prox(t)
         return self.fused(t)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Activation):
             return NotImplemented
         return (self.name, self.params) == (other.name, other.params)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((self.name, self.params))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.params)
         return f"Activation({self.name!r}{args})"
 
 
-def _make(name, prox, potential, penalty, slope_bound=1.0, params=(), fused=None):
+def _make(name: str, prox: Callable, potential: Callable, penalty: Callable | None,
+          slope_bound: float = 1.0, params: tuple = (), fused: Callable | None = None
+          ) -> Activation:
     fused = None if fused is None else fused_with_derivative(fused, prox)
     return Activation(name, prox, with_derivative(potential, prox), penalty, slope_bound, params,
                       fused)
 
 
-def _leaky_relu(slope):
+def _leaky_relu(slope: float) -> Activation:
     prox = functools.partial(jax.nn.leaky_relu, negative_slope=slope)
     return _make(
         "leaky_relu",
@@ -162,7 +193,7 @@ def available() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(name: str, **params) -> Activation:
+def get(name: str, **params: float) -> Activation:
     """The registry activation ``name``; ``leaky_relu`` takes ``slope`` in (0, 1] (default 0.01).
 
     Raises:
@@ -214,7 +245,7 @@ def _quadrature_potential(fn: Callable, offset: float) -> Callable:
     quadrature's.
     """
 
-    def value(t):
+    def value(t: jax.typing.ArrayLike) -> jax.Array:
         t = jnp.asarray(t, jnp.result_type(t, float))
         x = jnp.asarray(_GL_NODES, t.dtype)
         w = jnp.asarray(_GL_WEIGHTS, t.dtype)
@@ -243,7 +274,7 @@ def _check_grid(lo: float, hi: float, num_points: int, far: float = 0.0) -> np.n
     return t[np.concatenate([[True], gap])]
 
 
-def _check_prox(fn: Callable, name: str, check_interval, num_points: int,
+def _check_prox(fn: Callable, name: str, check_interval: tuple[float, float], num_points: int,
                 far: float = 0.0) -> float:
     """Check numerically that fn is nondecreasing and 1-Lipschitz; return its max slope.
 
@@ -259,7 +290,7 @@ def _check_prox(fn: Callable, name: str, check_interval, num_points: int,
             f"{name} is not elementwise: it maps an array of shape {t.shape} to shape "
             f"{jnp.shape(s)}; an activation must keep the shape of its input"
         )
-    eps = max(jnp.finfo(t.dtype).eps, jnp.finfo(jnp.result_type(s, float)).eps)
+    eps = float(max(jnp.finfo(t.dtype).eps, jnp.finfo(jnp.result_type(s, float)).eps))
     t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
     bad = ~np.isfinite(s)
     if bad.any():

@@ -27,27 +27,28 @@ def with_derivative(value: Callable, derivative: Callable) -> Callable:
     fn = jax.custom_jvp(value)
 
     @fn.defjvp
-    def _jvp(primals, tangents):
+    def _jvp(primals: tuple[jax.Array],
+             tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
         (t,), (dt,) = primals, tangents
         return fn(t), derivative(t) * dt
 
     return fn
 
 
-def log1p(x):
+def log1p(x: jax.Array) -> jax.Array:
     """log(1 + x) to 2 ulp: XLA's float64 log1p is off by up to 127 ulp near x = -0.414
     (measured against 50-digit arithmetic), log(1 + x) is not for x < -1/4 (1 + x rounds by at
     most eps/2 there, a relative error of at most 1.8 eps in the logarithm)."""
     return jnp.where(x < -0.25, jnp.log(1 + x), jnp.log1p(x))
 
 
-def xlogx(x):
+def xlogx(x: jax.Array) -> jax.Array:
     """x log x with 0 log 0 = 0 (and no NaN gradient at 0)."""
     pos = x > 0
     return jnp.where(pos, x * jnp.log(jnp.where(pos, x, 1)), 0)
 
 
-def log_cosh(t):
+def log_cosh(t: jax.Array) -> jax.Array:
     a = jnp.abs(t)
     small = a <= 1
     # log cosh t = log1p(cosh t - 1) = log1p(2 sinh(t/2)^2): no cancellation near 0, where
@@ -56,7 +57,7 @@ def log_cosh(t):
     return jnp.where(small, log1p(2 * h * h), a + log1p(jnp.exp(-2 * a)) - math.log(2))
 
 
-def minus_li2_of_minus(x):
+def minus_li2_of_minus(x: jax.Array) -> jax.Array:
     """-Li2(-x) = sum_k (-1)^(k+1) x^k / k^2 for 0 <= x <= 1/2 (48 terms: below 1e-18 x)."""
     total = jnp.zeros_like(x)
     for k in range(48, 0, -1):  # Horner: x (1 - x (1/4 - x (1/9 - ...)))
@@ -64,7 +65,7 @@ def minus_li2_of_minus(x):
     return x * total
 
 
-def softplus_potential(t):
+def softplus_potential(t: jax.Array) -> jax.Array:
     # -Li2(-x) for x = e^t: the power series for x <= 1/2 (spence(1 + x) rounds x away in 1 + x);
     # -spence(1 + x) for 1/2 < x <= 1; for x > 1 the reflection
     # Li2(-x) + Li2(-1/x) = -pi^2/6 - log(x)^2/2 keeps spence's argument in [1, 2].
@@ -81,7 +82,7 @@ def softplus_potential(t):
     )
 
 
-def half_log1p_square(t):
+def half_log1p_square(t: jax.Array) -> jax.Array:
     """log(1 + t^2)/2 without overflowing t^2."""
     a = jnp.abs(t)
     big = a > 1
@@ -89,11 +90,11 @@ def half_log1p_square(t):
     return jnp.where(big, jnp.log(ab) + 0.5 * log1p(1 / (ab * ab)), 0.5 * log1p(t * t))
 
 
-def arctan_potential(t):
+def arctan_potential(t: jax.Array) -> jax.Array:
     return t * jnp.arctan(t) - half_log1p_square(t)
 
 
-def softsign_potential(t):
+def softsign_potential(t: jax.Array) -> jax.Array:
     # a - log1p(a) with log1p(a) = 2 atanh(u), u = a / (2 + a): for a < 1/2,
     # a - log1p(a) = a^2 / (2 + a) - 2 u^3 sum_j u^(2j) / (2j + 3), no cancellation near 0.
     a = jnp.abs(t)
@@ -107,24 +108,24 @@ def softsign_potential(t):
     return jnp.where(small, am * am / (2 + am) - 2 * u * v * tail, a - log1p(a))
 
 
-def huber(t):
+def huber(t: jax.Array) -> jax.Array:
     a = jnp.abs(t)
     return jnp.where(a <= 1, t * t / 2, a - 0.5)
 
 
-def relu_penalty(y):
+def relu_penalty(y: jax.Array) -> jax.Array:
     return jnp.where(y >= 0, jnp.zeros_like(y), jnp.inf)
 
 
-def leaky_relu_penalty(slope, y):
+def leaky_relu_penalty(slope: float, y: jax.Array) -> jax.Array:
     return jnp.where(y >= 0, 0, (1 / slope - 1) * y * y / 2)
 
 
-def hardtanh_penalty(y):
+def hardtanh_penalty(y: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(y) <= 1, jnp.zeros_like(y), jnp.inf)
 
 
-def tanh_penalty(y):
+def tanh_penalty(y: jax.Array) -> jax.Array:
     a = jnp.abs(y)
     inner = a < 1
     ys = jnp.where(inner, y, 0)
@@ -133,35 +134,35 @@ def tanh_penalty(y):
     return jnp.where(inner, val, jnp.where(a == 1, math.log(2) - 0.5, jnp.inf))
 
 
-def sigmoid_penalty(y):
+def sigmoid_penalty(y: jax.Array) -> jax.Array:
     closed = (y >= 0) & (y <= 1)
     ys = jnp.where(closed, y, 0)
     val = xlogx(ys) + xlogx(1 - ys) - ys * ys / 2
     return jnp.where(closed, val, jnp.inf)
 
 
-def softplus_penalty_value(y):
+def softplus_penalty_value(y: jax.Array) -> jax.Array:
     dom = y >= 0
     ys = jnp.where(dom, y, 0)
     # Li2(u) = spence(1 - u), and 1 - e^{-y} = -expm1(-y) without cancellation.
     return jnp.where(dom, spence(-jnp.expm1(-ys)) - math.pi**2 / 6, jnp.inf)
 
 
-def softplus_penalty_derivative(y):
+def softplus_penalty_derivative(y: jax.Array) -> jax.Array:
     # f'(y) = softplus^{-1}(y) - y = log(1 - e^{-y}) on y > 0 (-inf at 0); 0 where f is +inf.
     dom = y >= 0
     ys = jnp.where(dom, y, 1)
     return jnp.where(dom, jnp.log(-jnp.expm1(-ys)), 0)
 
 
-def softsign_penalty(y):
+def softsign_penalty(y: jax.Array) -> jax.Array:
     a = jnp.abs(y)
     inner = a < 1
     as_ = jnp.where(inner, a, 0)
     return jnp.where(inner, -as_ - log1p(-as_) - as_ * as_ / 2, jnp.inf)
 
 
-def arctan_penalty(y):
+def arctan_penalty(y: jax.Array) -> jax.Array:
     near = jnp.abs(y) < math.pi / 2
     c = jnp.cos(jnp.where(near, y, 0))
     # cos can round to <= 0 at the float nearest pi/2: that point is the boundary (+inf).
@@ -170,12 +171,12 @@ def arctan_penalty(y):
     return jnp.where(inner, -jnp.log(jnp.where(inner, c, 1)) - ys * ys / 2, jnp.inf)
 
 
-def relu_potential(t):
+def relu_potential(t: jax.Array) -> jax.Array:
     r = jnp.maximum(t, 0)
     return r * r / 2
 
 
-def leaky_relu_potential(slope, t):
+def leaky_relu_potential(slope: float, t: jax.Array) -> jax.Array:
     return jnp.where(t >= 0, 1.0, slope) * t * t / 2
 
 
@@ -185,7 +186,8 @@ def fused_with_derivative(fused: Callable, prox: Callable) -> Callable:
     fn = jax.custom_jvp(fused)
 
     @fn.defjvp
-    def _jvp(primals, tangents):
+    def _jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]
+             ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
         (t,), (dt,) = primals, tangents
         value, _ = fused(t)
         y, dy = jax.jvp(prox, (t,), (dt,))
@@ -199,17 +201,17 @@ def fused_with_derivative(fused: Callable, prox: Callable) -> Callable:
 # sigma.
 
 
-def relu_fused(t):
+def relu_fused(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = jax.nn.relu(t)
     return y * y / 2, y
 
 
-def hardtanh_fused(t):
+def hardtanh_fused(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = jax.nn.hard_tanh(t)
     return y * (t - y / 2), y  # t^2/2 inside [-1, 1], |t| - 1/2 outside
 
 
-def tanh_fused(t):
+def tanh_fused(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     # log cosh t = -log1p(-y^2)/2 (y = tanh t) where |y| < 1/2, and |t| - log1p(|y|) beyond
     # (1 + tanh|t| = 2 / (1 + e^{-2|t|})): neither cancels by more than a factor 4 where it is
     # used, and log1p's argument stays in [-1/4, 1], where XLA's log1p is accurate.
@@ -219,7 +221,7 @@ def tanh_fused(t):
     return jnp.where(small, -log / 2, jnp.abs(t) - log), y
 
 
-def sigmoid_fused(t):
+def sigmoid_fused(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     # e = exp(-|t|): sigmoid t = 1 / (1 + e) for t >= 0, e / (1 + e) below, and
     # softplus t = max(t, 0) + log1p(e): one exp and one log1p, a sum of nonnegative terms.
     e = jnp.exp(-jnp.abs(t))
@@ -227,6 +229,6 @@ def sigmoid_fused(t):
     return jnp.maximum(t, 0) + jnp.log1p(e), jnp.where(t >= 0, inv, e * inv)
 
 
-def arctan_fused(t):
+def arctan_fused(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = jnp.arctan(t)
     return t * y - half_log1p_square(t), y

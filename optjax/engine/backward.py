@@ -25,12 +25,26 @@ A sample that stops above it (``max_steps`` reached) is reported in the backward
 :class:`~optjax.EquilibriumWarning`; ``on_failure="ignore"`` keeps quiet. The phantom
 gradient is approximate by design: it never warns, and reports ``converged = 1`` only where its
 residual on the exact system is as small as an exact solve's would be.
+
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> import optjax
+  >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+  >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+  >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+  >>> mode = optjax.backward.get("gmres", tol=1e-6, restart=10)
+  >>> mode
+  GMRES(tol=1e-06, max_steps=200, on_failure='warn', restart=10)
+  >>> loss = lambda W: jnp.sum(optjax.equilibrium(
+  ...     optjax.OptEqProblem(W, "relu"), x, backward=mode)[0] ** 2)
+  >>> jax.grad(loss)(W).shape
+  (8, 4)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +57,7 @@ __all__ = ["Backward", "FixedPointBackward", "ConjugateGradient", "GMRES", "Spli
            "get"]
 
 
-def default_tol(dtype) -> float:
+def default_tol(dtype: Any) -> float:
     return max(1e-12, 256 * float(jnp.finfo(dtype).eps))
 
 
@@ -74,7 +88,7 @@ class _Iterative(Backward):
     max_steps: int = 200
     on_failure: str = "warn"
 
-    def _validate(self):
+    def _validate(self) -> None:
         owner = type(self).__name__
         positive_int(owner, "max_steps", self.max_steps)
         require(
@@ -84,7 +98,7 @@ class _Iterative(Backward):
         require(self.on_failure in _ON_FAILURE,
                 f"{owner}.on_failure must be one of {_ON_FAILURE}, got {self.on_failure!r}")
 
-    def _abs_tol(self, g):
+    def _abs_tol(self, g: jax.Array) -> jax.Array:
         tol = default_tol(g.dtype) if self.tol is None else self.tol
         return tol * jnp.sqrt(jnp.sum(g * g))
 
@@ -98,11 +112,11 @@ class FixedPointBackward(_Iterative):
 
     name: ClassVar[str] = "fixed_point"
 
-    def _validate(self):
+    def _validate(self) -> None:
         super()._validate()
         in_interval("FixedPointBackward", "damping", self.damping, 0.0, 1.0)
 
-    def solve(self, apply_a, g):
+    def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         return linear_solve.neumann(
             apply_a, g, tol=self._abs_tol(g), max_steps=self.max_steps, damping=self.damping
         )
@@ -116,7 +130,7 @@ class ConjugateGradient(_Iterative):
     name: ClassVar[str] = "cg"
     requires_symmetric: ClassVar[bool] = True
 
-    def solve(self, apply_a, g):
+    def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         return linear_solve.conjugate_gradient(
             apply_a, g, tol=self._abs_tol(g), max_steps=self.max_steps
         )
@@ -130,11 +144,11 @@ class GMRES(_Iterative):
 
     name: ClassVar[str] = "gmres"
 
-    def _validate(self):
+    def _validate(self) -> None:
         super()._validate()
         positive_int("GMRES", "restart", self.restart)
 
-    def solve(self, apply_a, g):
+    def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         return linear_solve.gmres(
             apply_a, g, tol=self._abs_tol(g), max_steps=self.max_steps, restart=self.restart
         )
@@ -152,11 +166,12 @@ class Splitting(_Iterative):
     name: ClassVar[str] = "splitting"
     requires_splitting: ClassVar[bool] = True
 
-    def solve(self, apply_a, g):
+    def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         raise ConfigError("backward='splitting' needs the map's adjoint splitting; it is run by "
                           "the engine (optjax.equilibrium) for problems that have one")
 
-    def solve_split(self, adjoint, apply_a, g):
+    def solve_split(self, adjoint: Any, apply_a: Callable,
+                    g: jax.Array) -> linear_solve.LinearSolveResult:
         """Solve (I - A) v = g with ``adjoint`` (the map's ``adjoint_splitting`` at z*)."""
         return linear_solve.splitting(
             lambda u: adjoint.step(u, g), lambda u: adjoint.solution(u, g), apply_a, g,
@@ -174,7 +189,7 @@ class Phantom(Backward):
 
     name: ClassVar[str] = "phantom"
 
-    def _validate(self):
+    def _validate(self) -> None:
         positive_int("Phantom", "steps", self.steps)
         in_interval("Phantom", "damping", self.damping, 0.0, 1.0)
 
@@ -182,7 +197,7 @@ class Phantom(Backward):
     def output_scale(self) -> float:
         return self.damping
 
-    def solve(self, apply_a, g):
+    def solve(self, apply_a: Callable, g: jax.Array) -> linear_solve.LinearSolveResult:
         v = linear_solve.unrolled_neumann(apply_a, g, steps=self.steps, damping=self.damping)
         scaled = self.damping * v
         residual = jnp.sqrt(jnp.sum((g - (scaled - apply_a(scaled))) ** 2))
@@ -199,7 +214,7 @@ BACKWARDS = {cls.name: cls for cls in (FixedPointBackward, ConjugateGradient, GM
                                         Phantom)}
 
 
-def get(backward, **options) -> Backward:
+def get(backward: str | Backward, **options: Any) -> Backward:
     """A backward mode from its name (with options) or a :class:`Backward` given as it is."""
     if isinstance(backward, Backward):
         return backward.replace(**options) if options else backward

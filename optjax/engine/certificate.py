@@ -21,9 +21,13 @@ or a modulus report NaN and infinite bounds (see :mod:`optjax.engine.problem`).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # problem.py imports this module (the full names keep the docs' links unique)
+    import optjax.engine.problem
 
 __all__ = ["Certificate", "certificate", "bounds"]
 
@@ -43,6 +47,22 @@ class Certificate:
       distance_bound: ||returned - z*|| <= this (inf when nothing is certified).
       weight_norm: the operator norm the modulus was computed from (||W|| for OptEq; NaN
         when no norm was computed).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> cert = info.certificate
+      >>> round(float(cert.weight_norm), 3), round(float(cert.modulus), 3)   # ||W||, 1 - ||W||^2
+      (0.9, 0.19)
+      >>> bool((cert.distance_bound < 1e-4).all())          # ||z - z*|| <= r / mu, per sample
+      True
+      >>> bool((cert.suboptimality_bound < 1e-8).all())     # F(z) - F* <= r^2 / (2 mu)
+      True
     """
 
     residual: jax.Array
@@ -62,7 +82,9 @@ def bounds(residual: jax.Array, modulus: jax.Array) -> tuple[jax.Array, jax.Arra
     return sub.astype(residual.dtype), dist.astype(residual.dtype)
 
 
-def make_certificate(problem, point, residual, params, data, conditions) -> Certificate:
+def make_certificate(problem: optjax.engine.problem.EquilibriumProblem, point: jax.Array,
+                     residual: jax.Array, params: Any, data: Any,
+                     conditions: optjax.engine.problem.Conditions) -> Certificate:
     """The certificate of an OptEq problem's returned points ``point = S(z)`` whose residual
     ``||z - S(z)||`` is known (the objective costs one product with W per sample)."""
     frozen = jax.lax.stop_gradient
@@ -81,10 +103,27 @@ def make_certificate(problem, point, residual, params, data, conditions) -> Cert
     )
 
 
-def certificate(problem, z: jax.Array, x: jax.Array, feature=None) -> Certificate:
+def certificate(problem: optjax.engine.problem.EquilibriumProblem, z: jax.Array, x: jax.Array,
+                feature: jax.Array | None = None) -> Certificate:
     """The certificate of a batch of points ``z`` of an OptEq problem (costs one evaluation of
     S and, unless ``problem.weight_norm`` is set, the norm of W): residual and bounds describe
-    ``S(z)``."""
+    ``S(z)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> at_zero = optjax.certificate(problem, jnp.zeros((2, 4)), x)   # of any points, here 0
+      >>> at_star = optjax.certificate(problem, z, x)                   # of the equilibrium
+      >>> bool((at_star.distance_bound < 1e-4).all()), at_star.residual.shape
+      (True, (2,))
+      >>> bool((at_zero.distance_bound > at_star.distance_bound).all())
+      True
+    """
     params = problem.parameters()
     data = problem.sample_data(x, feature)
     image = jax.vmap(problem.equilibrium_map(), in_axes=(0, None, 0))(z, params, data)

@@ -16,22 +16,24 @@ about it (:class:`~optjax.EquilibriumProblem`), the engine does the rest.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from optjax import solvers as _solvers
 from optjax.config import ConfigError, positive_int
 from optjax.engine import backward as _backward
 from optjax.engine.implicit import fixed_point
-from optjax.engine.problem import Defect, EquilibriumProblem
+from optjax.engine.problem import Conditions, Defect, EquilibriumProblem
 from optjax.engine.properties import refusal
 from optjax.engine.result import BackwardStats, SolveInfo, status_codes
 
 __all__ = ["equilibrium", "backward_probe"]
 
 
-def backward_probe(batch_size: int, dtype=jnp.float32) -> BackwardStats:
+def backward_probe(batch_size: int, dtype: DTypeLike = jnp.float32) -> BackwardStats:
     """A zero :class:`BackwardStats` to pass as ``equilibrium(..., backward_probe=probe)``.
 
     The gradient of the loss with respect to it *is* the backward solve's statistics::
@@ -42,11 +44,26 @@ def backward_probe(batch_size: int, dtype=jnp.float32) -> BackwardStats:
 
         grads, stats = jax.grad(loss, argnums=(0, 1))(params, optjax.backward_probe(len(x)))
         stats.steps, stats.residual, stats.converged   # per sample
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> def loss(W, probe):
+      ...     z, _ = optjax.equilibrium(optjax.OptEqProblem(W, "relu"), x, backward_probe=probe)
+      ...     return jnp.sum(z ** 2)
+      >>> grad, stats = jax.grad(loss, argnums=(0, 1))(W, optjax.backward_probe(len(x)))
+      >>> grad.shape, stats.steps.shape
+      ((8, 4), (2,))
+      >>> bool((stats.converged == 1).all())      # every sample's backward solve reached its tol
+      True
     """
     return BackwardStats.zeros(batch_size, dtype)
 
 
-def _static_tol(tol) -> float:
+def _static_tol(tol: Any) -> float:
     if isinstance(tol, jax.core.Tracer):
         raise ConfigError(
             "tol is a static setting (it fixes the solver's stopping test when the solve is "
@@ -61,7 +78,8 @@ def _static_tol(tol) -> float:
     return value
 
 
-def _batched(name, value, batch, shape, dtype):
+def _batched(name: str, value: ArrayLike, batch: int, shape: tuple[int, ...],
+             dtype: DTypeLike) -> jax.Array:
     """Broadcast a per-sample array (``shape``) or a batch (``(batch,) + shape``)."""
     value = jnp.asarray(value, dtype)
     if value.shape == shape:
@@ -73,7 +91,8 @@ def _batched(name, value, batch, shape, dtype):
     return value
 
 
-def _resolve_backward(problem: EquilibriumProblem, backward, options) -> _backward.Backward:
+def _resolve_backward(problem: EquilibriumProblem, backward: str | _backward.Backward,
+                      options: dict | None) -> _backward.Backward:
     symmetric = problem.symmetric_jacobian
     if backward == "auto":
         backward = problem.auto_backward
@@ -91,12 +110,12 @@ def _resolve_backward(problem: EquilibriumProblem, backward, options) -> _backwa
     return mode
 
 
-def _registered_solvers():
+def _registered_solvers() -> list[type[_solvers.Solver]]:
     """The solver types a refusal proposes instead (optjax's own; jaxopt's are references)."""
     return [cls for cls in _solvers.SOLVERS.values() if not cls.name.startswith("jaxopt_")]
 
 
-def _data_dtype(data):
+def _data_dtype(data: Any) -> jnp.dtype:
     leaves = [leaf for leaf in jax.tree_util.tree_leaves(data)
               if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     return jnp.result_type(*leaves)
@@ -106,10 +125,10 @@ def equilibrium(
     problem: EquilibriumProblem,
     x: jax.Array,
     *,
-    solver=None,
+    solver: str | _solvers.Solver | None = None,
     tol: float = 1e-5,
     max_steps: int = 200,
-    backward="auto",
+    backward: str | _backward.Backward = "auto",
     solver_options: dict | None = None,
     backward_options: dict | None = None,
     feature: jax.Array | None = None,
@@ -159,6 +178,19 @@ def equilibrium(
         samples get ``Status.NONCONVEX`` with the reason in ``info.failures()``).
       ~optjax.ConfigError, ValueError, TypeError: bad options, shapes, dtypes or problem parameters,
         with what to change.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> problem = optjax.OptEqProblem(0.9 * W / jnp.linalg.norm(W, 2), "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))
+      >>> z, info = optjax.equilibrium(problem, x, tol=1e-5)
+      >>> z.shape, bool(info.converged.all()), bool((info.residual <= 1e-5).all())
+      ((2, 4), True, True)
+      >>> loss = lambda p: jnp.sum(optjax.equilibrium(p, x, certify=False)[0] ** 2)
+      >>> jax.grad(loss)(problem).weight.shape              # implicit gradients
+      (8, 4)
     """
     if not isinstance(problem, EquilibriumProblem):
         raise TypeError(
@@ -207,13 +239,15 @@ def equilibrium(
 
 
 @functools.partial(jax.jit, static_argnames=("certify",))
-def _conditions(problem, certify):
+def _conditions(problem: EquilibriumProblem, certify: bool) -> Conditions:
     return problem.conditions(certify=certify)
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "backward", "tol", "max_steps", "certify"))
-def _solve(problem, x, feature, anchor, init, probe, conditions, *, solver, backward, tol,
-           max_steps, certify):
+def _solve(problem: EquilibriumProblem, x: jax.Array, feature: jax.Array | None,
+           anchor: jax.Array | None, init: jax.Array | None, probe: BackwardStats,
+           conditions: Conditions, *, solver: _solvers.Solver, backward: _backward.Backward,
+           tol: float, max_steps: int, certify: bool) -> tuple[jax.Array, SolveInfo]:
     """The solve and its result, compiled once per configuration (also when called eagerly)."""
     batch = x.shape[0]
     params = problem.parameters()

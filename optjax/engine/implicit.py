@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,12 +118,12 @@ def fixed_point(
     backward: Backward,
     tol: float,
     max_steps: int,
-    params,
-    data,
+    params: Any,
+    data: Any,
     z0: jax.Array,
-    anchor,
+    anchor: jax.Array | None,
     probe: BackwardStats,
-):
+) -> tuple[jax.Array, ForwardStats]:
     r"""Batched fixed point :math:`z^\star_i = S(z^\star_i; \text{params}, \text{data}_i)`.
 
     Args:
@@ -151,7 +151,7 @@ def _fwd(map_fn, solver, backward, tol, max_steps, params, data, z0, anchor, pro
     return (z_star, stats), (params, data, z_star, z0, anchor, probe)
 
 
-def _finite_rows(tree, batch) -> jax.Array:
+def _finite_rows(tree: Any, batch: int) -> jax.Array:
     ok = jnp.ones((batch,), bool)
     for leaf in jax.tree_util.tree_leaves(tree):
         if jnp.issubdtype(leaf.dtype, jnp.inexact):

@@ -23,7 +23,7 @@ supplies:
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +38,37 @@ __all__ = ["EquilibriumProblem", "Defect", "Conditions", "NonconvexError",
 
 class NonconvexError(ValueError):
     """The problem breaks the convexity condition its guarantees rest on (for a unit layer,
-    s_sigma * ||W||^2 <= 1)."""
+    s_sigma * ||W||^2 <= 1).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> optjax.equilibrium(optjax.OptEqProblem(2 * W, "relu"), x)    # ||W|| = 1.8 > 1
+      Traceback (most recent call last):
+      ...
+      optjax.engine.problem.NonconvexError: s_sigma * ||W||^2 = ... > 1 (||W|| = ..., activation ...
+    """
 
 
 class Defect(enum.IntFlag):
-    """Why a problem is not what its guarantees assume (a bit set, shared by the batch)."""
+    """Why a problem is not what its guarantees assume (a bit set, shared by the batch).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> nonconvex = optjax.OptEqProblem(2 * W, "relu")          # ||W|| = 1.8 > 1
+      >>> _, info = jax.jit(optjax.equilibrium)(nonconvex, x)    # under jit: flagged, not raised
+      >>> optjax.Defect(int(info.defects)).name
+      'NONCONVEX_WEIGHTS'
+      >>> [optjax.Status(int(s)).name for s in info.status]
+      ['NONCONVEX', 'NONCONVEX']
+    """
 
     NONCONVEX_WEIGHTS = 1  # the weights break the convexity condition
     NONCONVEX_PRIOR = 2  # a prior parameter makes R nonconvex (L1 lam < 0, Quadratic mu < 0)
@@ -65,7 +91,7 @@ class Conditions(NamedTuple):
     norm: jax.Array
 
 
-def injected_input_shape(input_weight, default: tuple[int, ...]) -> tuple[int, ...]:
+def injected_input_shape(input_weight: Any, default: tuple[int, ...]) -> tuple[int, ...]:
     """Per-sample shape of x for an injection ``U x``: ``(p,)`` for a ``(d, p)`` matrix ``U``,
     ``default`` (x injected as is) when there is none."""
     return default if input_weight is None else (int(input_weight.shape[1]),)
@@ -78,6 +104,24 @@ class EquilibriumProblem:
     ``state_shape``, ``input_shape``, :meth:`equilibrium_map`, :meth:`parameters` and
     :meth:`sample_data`; the other methods have defaults (no objective, no assumptions, no
     certificate).
+
+    Examples:
+      >>> import dataclasses
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> def scaled(z, a, x):                             # S(z) = a z + x, for one sample
+      ...     return a * z + x
+      >>> @jax.tree_util.register_dataclass
+      ... @dataclasses.dataclass(frozen=True)
+      ... class Scaled(optjax.EquilibriumProblem):         # a contraction when |a| < 1
+      ...     a: jax.Array
+      ...     state_shape = input_shape = (3,)
+      ...     def equilibrium_map(self): return scaled     # static (hashable)
+      ...     def parameters(self): return self.a          # shared by the batch, differentiable
+      ...     def sample_data(self, x, feature=None): return x   # per sample
+      >>> z, info = optjax.equilibrium(Scaled(jnp.array(0.5)), jnp.ones((2, 3)))
+      >>> bool(jnp.allclose(z, 2.0, atol=1e-4)), info.problem   # z* = x / (1 - a)
+      (True, 'equilibrium')
     """
 
     #: short name used in results and messages
@@ -98,18 +142,19 @@ class EquilibriumProblem:
     def input_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def equilibrium_map(self):  # pragma: no cover - abstract
+    def equilibrium_map(self) -> Any:  # pragma: no cover - abstract
         """The static (hashable) map object: ``map(z, params, data_i) -> S(z)`` for one
         sample, with optional ``objective``, ``value_and_map``, ``jacobian_transpose`` and
         ``solve_map`` / ``solve_state`` / ``equilibrium_point`` methods (see
         :mod:`optjax.engine.implicit`)."""
         raise NotImplementedError
 
-    def parameters(self):  # pragma: no cover - abstract
+    def parameters(self) -> Any:  # pragma: no cover - abstract
         """The pytree shared by the batch that the map takes (differentiable)."""
         raise NotImplementedError
 
-    def sample_data(self, x: jax.Array, feature=None):  # pragma: no cover - abstract
+    def sample_data(self, x: jax.Array,
+                    feature: jax.Array | None = None) -> Any:  # pragma: no cover - abstract
         """The per-sample pytree (leading batch axis) the map takes, computed from ``x``."""
         raise NotImplementedError
 
@@ -152,12 +197,12 @@ class EquilibriumProblem:
         return "cg" if self.symmetric_jacobian else "gmres"
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         leaves = [leaf for leaf in jax.tree_util.tree_leaves(self)
                   if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
         return jnp.result_type(*leaves) if leaves else jnp.float32
 
-    def check_input(self, x) -> jax.Array:
+    def check_input(self, x: Any) -> jax.Array:
         """``x`` as an array of shape ``(batch,) + input_shape`` with a floating dtype, or a
         ValueError/TypeError that says what to change."""
         if not hasattr(x, "shape"):
@@ -173,7 +218,7 @@ class EquilibriumProblem:
                 f"{tuple(x.shape)}{hint}")
         return x
 
-    def check_feature(self, feature) -> None:
+    def check_feature(self, feature: jax.Array | None) -> None:
         if feature is not None:
             raise ValueError(f"feature= is only used by the Quadratic prior of an OptEq problem; "
                              f"this {self.kind} problem has none")
@@ -199,9 +244,12 @@ class EquilibriumProblem:
         lines = [self.defect_reasons.get(bit, bit.name) for bit in Defect if int(defects) & bit]
         error = NonconvexError if int(defects) & (Defect.NONCONVEX_WEIGHTS |
                                                   Defect.NONCONVEX_PRIOR) else ValueError
-        raise error(f"this {self.kind} problem cannot be solved as posed: " + "; ".join(lines))
+        # typeshed types a flag's name as str | None; a member's (bit.name) is never None
+        raise error(f"this {self.kind} problem cannot be solved as posed: "
+                    + "; ".join(lines))  # type: ignore[arg-type]
 
-    def certificate(self, point, last, residual, params, data, conditions: Conditions):
+    def certificate(self, point: jax.Array, last: jax.Array, residual: jax.Array, params: Any,
+                    data: Any, conditions: Conditions) -> Certificate:
         """The :class:`~optjax.Certificate` of the returned points ``point =
         S(last)``, ``residual = ||last - point||`` (no gradient). Default: the residual, and
         bounds ``r^2 / (2 mu)``, ``r / mu`` from the conditions' modulus (none when NaN)."""

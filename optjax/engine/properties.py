@@ -24,7 +24,11 @@ property                  meaning (per sample, for parameters meeting the family
 from __future__ import annotations
 
 import enum
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # both import this module
+    from optjax.engine.problem import EquilibriumProblem
+    from optjax.solvers.base import Solver
 
 __all__ = ["MapProperty", "describe", "satisfied", "refusal"]
 
@@ -60,7 +64,8 @@ def satisfied(requires: tuple[MapProperty, ...], supplied: MapProperty) -> bool:
     return not requires or any(need in supplied for need in requires)
 
 
-def refusal(solver, problem, solvers: Iterable) -> str | None:
+def refusal(solver: Solver, problem: EquilibriumProblem,
+            solvers: Iterable[type[Solver]]) -> str | None:
     """Why ``solver`` cannot solve ``problem`` (a message naming what is missing and which of
     ``solvers`` fit), or None when its needs are met."""
     supplied = problem.map_properties

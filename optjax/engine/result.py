@@ -9,6 +9,7 @@ import enum
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from optjax.engine.certificate import Certificate
 from optjax.engine.problem import Defect
@@ -18,7 +19,22 @@ __all__ = ["Status", "SolveInfo", "BackwardStats", "EquilibriumError", "Equilibr
 
 
 class Status(enum.IntEnum):
-    """Per-sample outcome of a forward solve (see :func:`status_codes` for the precedence)."""
+    """Per-sample outcome of a forward solve (see :func:`status_codes` for the precedence).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> [optjax.Status(int(s)).name for s in info.status]
+      ['CONVERGED', 'CONVERGED']
+      >>> _, info = optjax.equilibrium(problem, x.at[1].set(jnp.nan))   # a NaN in sample 1
+      >>> [optjax.Status(int(s)) for s in info.status]
+      [<Status.CONVERGED: 0>, <Status.NONFINITE: 2>]
+    """
 
     CONVERGED = 0  # residual <= tol, everything finite, and no defect in the problem
     MAX_STEPS = 1  # stopped at max_steps with residual > tol
@@ -28,11 +44,43 @@ class Status(enum.IntEnum):
 
 
 class EquilibriumError(RuntimeError):
-    """Raised by :func:`check` when some samples did not converge."""
+    """Raised by :func:`check` when some samples did not converge.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x.at[1].set(jnp.nan))   # a NaN in sample 1
+      >>> optjax.check(info)
+      Traceback (most recent call last):
+      ...
+      optjax.engine.result.EquilibriumError: 1 of 2 samples did not reach an equilibrium:
+      sample 1: NONFINITE: NaN or Inf in this sample's input or iterates; check the input ...
+    """
 
 
 class EquilibriumWarning(UserWarning):
-    """A backward (gradient) solve stopped above its tolerance: the gradient is approximate."""
+    """A backward (gradient) solve stopped above its tolerance: the gradient is approximate.
+
+    Examples:
+      >>> import warnings
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> one_step = optjax.backward.FixedPointBackward(max_steps=1)   # far too few steps
+      >>> loss = lambda W: jnp.sum(optjax.equilibrium(
+      ...     optjax.OptEqProblem(W, "relu"), x, backward=one_step)[0] ** 2)
+      >>> with warnings.catch_warnings(record=True) as caught:
+      ...     warnings.simplefilter("always")
+      ...     grad = jax.block_until_ready(jax.grad(loss)(W))
+      >>> [w.category.__name__ for w in caught]
+      ['EquilibriumWarning']
+    """
 
 
 @jax.tree_util.register_dataclass
@@ -43,19 +91,36 @@ class BackwardStats:
 
     ``converged`` is 1 only where the residual of the exact system is at most the backward
     tolerance: an approximate backward (phantom gradient) reports 0 unless it happens to be
-    that accurate."""
+    that accurate.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> def loss(W, probe):
+      ...     z, _ = optjax.equilibrium(optjax.OptEqProblem(W, "relu"), x, backward_probe=probe)
+      ...     return jnp.sum(z ** 2)
+      >>> grad, stats = jax.grad(loss, argnums=(0, 1))(W, optjax.backward_probe(len(x)))
+      >>> type(stats).__name__, stats.steps.shape     # per sample
+      ('BackwardStats', (2,))
+      >>> stats.converged                            # 1.0: the backward solve reached its tolerance
+      Array([1., 1.], dtype=float32)
+    """
 
     steps: jax.Array
     residual: jax.Array
     converged: jax.Array
 
     @classmethod
-    def zeros(cls, batch: int, dtype=jnp.float32) -> "BackwardStats":
+    def zeros(cls, batch: int, dtype: DTypeLike = jnp.float32) -> "BackwardStats":
         z = jnp.zeros((batch,), dtype)
         return cls(steps=z, residual=z, converged=z)
 
 
-def status_codes(defects, nonfinite, residual, tol) -> jax.Array:
+def status_codes(defects: ArrayLike, nonfinite: jax.Array, residual: jax.Array,
+                 tol: ArrayLike) -> jax.Array:
     """Per-sample :class:`Status` from the problem's defect bits (shared), the samples'
     non-finite flags and residuals. The cause comes first: non-finite parameters (NONFINITE),
     an infeasible or nonconvex problem (INFEASIBLE, NONCONVEX; a sample's NaN is then a
@@ -95,6 +160,21 @@ class SolveInfo:
         (:class:`optjax.solvers.Trace`: residual and objective after every step,
         ``(batch, max_steps + 1)``); None otherwise. The residual is the one the solver's
         stopping test uses (for a splitting, in its own variable).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> info.steps.shape, info.solver, info.problem         # per sample; the settings used
+      ((2,), 'safeguarded_anderson', 'opteq')
+      >>> bool(info.converged.all()), bool((info.residual <= info.tol).all())
+      (True, True)
+      >>> info.failures()                                     # one line per failing sample
+      []
     """
 
     steps: jax.Array
@@ -130,9 +210,9 @@ class SolveInfo:
         defects = int(np.asarray(self.defects))
         reasons = dict(self.reasons)
 
-        def why_defect(bits):
+        def why_defect(bits: int) -> str:
             found = [reasons.get(int(b), Defect(b).name) for b in Defect if defects & b & bits]
-            return "; ".join(found)
+            return "; ".join(found)  # type: ignore[arg-type]  # a member's name is never None
 
         lines = []
         for i in np.flatnonzero(status != Status.CONVERGED):
@@ -154,7 +234,25 @@ class SolveInfo:
 
 def check(info: SolveInfo) -> SolveInfo:
     """Return ``info`` if every sample converged, else raise :class:`EquilibriumError` listing the
-    failing samples and why. Eager only (call it on the result of a jitted function)."""
+    failing samples and why. Eager only (call it on the result of a jitted function).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> optjax.check(info) is info           # every sample converged: info comes back
+      True
+      >>> _, info = optjax.equilibrium(problem, x.at[0].set(jnp.inf))
+      >>> optjax.check(info)
+      Traceback (most recent call last):
+      ...
+      optjax.engine.result.EquilibriumError: 1 of 2 samples did not reach an equilibrium:
+      sample 0: NONFINITE: ...
+    """
     lines = info.failures()
     if lines:
         head = f"{len(lines)} of {np.size(info.status)} samples did not reach an equilibrium"

@@ -23,6 +23,11 @@ contributes zero on both sides; for circular padding because the index map is a 
 
 Spectral norms: :mod:`optjax.linalg.norms` (exact for circular padding, a certified upper
 bound for zero padding).
+
+Examples:
+  >>> import jax, optjax
+  >>> optjax.convolution.Conv2D.init(jax.random.PRNGKey(0), 3, 2, 4, spatial=(6, 6)).out_shape
+  (6, 6, 4)
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +48,7 @@ _PADDINGS = ("zeros", "circular")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def _check_spatial(spatial) -> tuple[int, int]:
+def _check_spatial(spatial: Any) -> tuple[int, int]:
     try:
         out = tuple(operator.index(s) for s in spatial)
     except TypeError:
@@ -52,7 +58,7 @@ def _check_spatial(spatial) -> tuple[int, int]:
     return out
 
 
-def _check_kernel(owner: str, kernel, odd: bool) -> None:
+def _check_kernel(owner: str, kernel: Any, odd: bool) -> None:
     """Shape and dtype checks of a (k, k, c_in, c_out) kernel; placeholders (no shape) pass."""
     shape = getattr(kernel, "shape", None)
     if shape is None:
@@ -70,7 +76,7 @@ def _check_kernel(owner: str, kernel, odd: bool) -> None:
         raise TypeError(f"{owner}: kernel must have a floating dtype, got {dtype}")
 
 
-def _check_sample(owner: str, name: str, x, want: tuple[int, ...]) -> None:
+def _check_sample(owner: str, name: str, x: jax.Array, want: tuple[int, ...]) -> None:
     got = tuple(jnp.shape(x))
     if got != want:
         hint = (" (apply/transpose take ONE sample; use jax.vmap for a batch)"
@@ -79,7 +85,8 @@ def _check_sample(owner: str, name: str, x, want: tuple[int, ...]) -> None:
             f"{owner}.{name} expects one sample of shape {want} (H, W, channels), got {got}{hint}")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, pads, stride: int = 1, dilation: int = 1) -> jax.Array:
+def _conv(x: jax.Array, kernel: jax.Array, pads: Any, stride: int = 1,
+          dilation: int = 1) -> jax.Array:
     """Cross-correlation of one ``(H, W, c)`` sample, zero ``pads`` ``((top, bottom), (left,
     right))`` (negative: cropped), window stride ``stride``, the input dilated by ``dilation``
     (``dilation - 1`` zeros between its pixels)."""
@@ -92,7 +99,8 @@ def _conv(x: jax.Array, kernel: jax.Array, pads, stride: int = 1, dilation: int 
     return out[0]
 
 
-def _correlate(x: jax.Array, kernel: jax.Array, pads, padding: str, stride: int) -> jax.Array:
+def _correlate(x: jax.Array, kernel: jax.Array, pads: Any, padding: str,
+               stride: int) -> jax.Array:
     """VALID cross-correlation of one ``(H, W, c)`` sample extended by ``pads`` (``((top,
     bottom), (left, right))``) zeros or periodically, with window stride ``stride``."""
     if padding == "circular":
@@ -109,7 +117,15 @@ def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
 class _PowerIteration:
     """``power_iteration``: a lower bound on the norm, shared by the convolutions."""
 
-    def power_iteration(self, num_steps: int = 100, key=None) -> jax.Array:
+    if TYPE_CHECKING:  # what it uses of the subclasses
+        kernel: jax.Array
+        apply: Callable[[jax.Array], jax.Array]
+        transpose: Callable[[jax.Array], jax.Array]
+
+        @property
+        def in_shape(self) -> tuple[int, ...]: ...
+
+    def power_iteration(self, num_steps: int = 100, key: jax.Array | None = None) -> jax.Array:
         r"""A lower bound on :math:`\|W\|`: :math:`\|W v\|` for the unit vector ``v`` reached by
         ``num_steps`` steps of power iteration on :math:`W^\top W` from a random start
         (``key``, default ``PRNGKey(0)``). It converges to :math:`\|W\|` from below, at a rate
@@ -120,7 +136,7 @@ class _PowerIteration:
         v = jax.random.normal(key, self.in_shape, dtype)
         v = v / jnp.linalg.norm(v)
 
-        def step(_, v):
+        def step(_: Any, v: jax.Array) -> jax.Array:
             w = self.transpose(self.apply(v))
             return w / jnp.linalg.norm(w)
 
@@ -144,10 +160,10 @@ class Conv2D(_PowerIteration):
     """
 
     kernel: jax.Array
-    spatial: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
+    spatial: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
     padding: str = dataclasses.field(default="zeros", metadata=dict(static=True))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "spatial", _check_spatial(self.spatial))
         if self.padding not in _PADDINGS:
             raise ValueError(f"padding must be one of {_PADDINGS}, got {self.padding!r}")
@@ -157,8 +173,8 @@ class Conv2D(_PowerIteration):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def init(cls, key, k: int, c_in: int, c_out: int, spatial, padding: str = "zeros",
-             dtype=jnp.float32) -> "Conv2D":
+    def init(cls, key: jax.Array, k: int, c_in: int, c_out: int, spatial: tuple[int, ...],
+             padding: str = "zeros", dtype: jax.typing.DTypeLike = jnp.float32) -> "Conv2D":
         """He-normal initialisation: entries N(0, 2 / (k^2 c_in)). Rescale it (e.g. by
         ``0.9 / spectral_norm()``) before using it in a convex OptEq layer."""
         if not (isinstance(k, int) and k > 0 and k % 2 == 1):
@@ -173,11 +189,11 @@ class Conv2D(_PowerIteration):
         return int(self.kernel.shape[0])
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
+    def in_shape(self) -> tuple[int, ...]:
         return self.spatial + (int(self.kernel.shape[2]),)
 
     @property
-    def out_shape(self) -> tuple[int, int, int]:
+    def out_shape(self) -> tuple[int, ...]:
         return self.spatial + (int(self.kernel.shape[3]),)
 
     # -- the map -----------------------------------------------------------------------------
@@ -288,11 +304,11 @@ class StridedConv2D(_PowerIteration):
     """
 
     kernel: jax.Array
-    spatial: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
+    spatial: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
     stride: int = dataclasses.field(default=2, metadata=dict(static=True))
     padding: str = dataclasses.field(default="zeros", metadata=dict(static=True))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         spatial = _check_spatial(self.spatial)
         object.__setattr__(self, "spatial", spatial)
         try:
@@ -311,8 +327,9 @@ class StridedConv2D(_PowerIteration):
         _check_kernel("StridedConv2D", self.kernel, odd=False)
 
     @classmethod
-    def init(cls, key, k: int, c_in: int, c_out: int, spatial, stride: int = 2,
-             padding: str = "zeros", dtype=jnp.float32) -> "StridedConv2D":
+    def init(cls, key: jax.Array, k: int, c_in: int, c_out: int, spatial: tuple[int, ...],
+             stride: int = 2, padding: str = "zeros",
+             dtype: jax.typing.DTypeLike = jnp.float32) -> "StridedConv2D":
         """He-normal initialisation: entries N(0, 2 / (k^2 c_in)); rescale before use in a
         convex layer (e.g. :func:`optjax.deep.normalize`)."""
         if not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
@@ -332,11 +349,11 @@ class StridedConv2D(_PowerIteration):
         return (self.kernel_size - 1) // 2
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
+    def in_shape(self) -> tuple[int, ...]:
         return self.spatial + (int(self.kernel.shape[2]),)
 
     @property
-    def out_shape(self) -> tuple[int, int, int]:
+    def out_shape(self) -> tuple[int, ...]:
         s = self.stride
         return (self.spatial[0] // s, self.spatial[1] // s, int(self.kernel.shape[3]))
 

@@ -13,12 +13,13 @@ of eager ``equilibrium`` calls). Inside your own ``jit`` the limit of the proces
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 __all__ = ["single_threaded"]
 
 
 @contextlib.contextmanager
-def single_threaded():
+def single_threaded() -> Iterator[None]:
     """Limit the BLAS/LAPACK thread pools to one thread inside the block."""
     try:
         from threadpoolctl import threadpool_limits

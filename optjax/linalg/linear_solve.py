@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 __all__ = [
     "LinearSolveResult",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 Array = jax.Array
+Op = Callable[[Array], Array]  # v -> A v
 
 
 class LinearSolveResult(NamedTuple):
@@ -103,7 +105,8 @@ def _keep_going(steps, residual, tol, max_steps):
     return (steps < max_steps) & jnp.isfinite(residual) & (residual > tol)
 
 
-def _result(g, x, steps, residual, tol) -> LinearSolveResult:
+def _result(g: Array, x: Array, steps: ArrayLike, residual: Array,
+            tol: ArrayLike) -> LinearSolveResult:
     return LinearSolveResult(
         solution=jnp.reshape(x, g.shape),
         steps=jnp.asarray(steps, jnp.int32),
@@ -115,7 +118,8 @@ def _result(g, x, steps, residual, tol) -> LinearSolveResult:
 # ----------------------------------------------------------------------------- Neumann
 
 
-def neumann(apply_A, g, *, tol, max_steps, damping=1.0, init=None) -> LinearSolveResult:
+def neumann(apply_A: Op, g: Array, *, tol: ArrayLike, max_steps: int, damping: float = 1.0,
+            init: Array | None = None) -> LinearSolveResult:
     r"""Damped fixed-point (Richardson / Neumann) iteration for :math:`(I - A) v = g`.
 
     .. math:: v_{k+1} = v_k + \lambda\,(g - (I - A) v_k)
@@ -157,7 +161,8 @@ def neumann(apply_A, g, *, tol, max_steps, damping=1.0, init=None) -> LinearSolv
 # ----------------------------------------------------------------------------- CG
 
 
-def conjugate_gradient(apply_A, g, *, tol, max_steps, init=None) -> LinearSolveResult:
+def conjugate_gradient(apply_A: Op, g: Array, *, tol: ArrayLike, max_steps: int,
+                       init: Array | None = None) -> LinearSolveResult:
     r"""Conjugate gradients on :math:`(I - A) v = g`.
 
     Valid only when :math:`I - A` is symmetric positive definite (e.g. :math:`A = J^\top` with
@@ -203,7 +208,8 @@ def conjugate_gradient(apply_A, g, *, tol, max_steps, init=None) -> LinearSolveR
 # ----------------------------------------------------------------------------- GMRES
 
 
-def gmres(apply_A, g, *, tol, max_steps, restart=20, init=None) -> LinearSolveResult:
+def gmres(apply_A: Op, g: Array, *, tol: ArrayLike, max_steps: int, restart: int = 20,
+          init: Array | None = None) -> LinearSolveResult:
     r"""Restarted GMRES(m), ``m = restart``, for a general (non-symmetric) :math:`I - A`.
 
     Each cycle starts from the true residual :math:`r_0` of the current point :math:`x_0`,
@@ -317,7 +323,8 @@ def gmres(apply_A, g, *, tol, max_steps, restart=20, init=None) -> LinearSolveRe
 # ----------------------------------------------------------------------------- splitting
 
 
-def splitting(step, solution, apply_A, g, *, scale, tol, max_steps) -> LinearSolveResult:
+def splitting(step: Op, solution: Op, apply_A: Op, g: Array, *, scale: ArrayLike,
+              tol: ArrayLike, max_steps: int) -> LinearSolveResult:
     r"""A fixed-point iteration :math:`u \leftarrow \text{step}(u)` whose limit gives the
     solution :math:`v = \text{solution}(u)` of :math:`(I - A) v = g`: an operator splitting
     of the backward system supplied by the map (e.g. Peaceman--Rachford, where a step costs
@@ -361,7 +368,7 @@ def splitting(step, solution, apply_A, g, *, scale, tol, max_steps) -> LinearSol
 # ----------------------------------------------------------------------------- phantom
 
 
-def unrolled_neumann(apply_A, g, *, steps: int, damping=1.0) -> Array:
+def unrolled_neumann(apply_A: Op, g: Array, *, steps: int, damping: float = 1.0) -> Array:
     r"""Truncated damped Neumann series, :math:`k` = ``steps`` terms, no stopping test:
 
     .. math:: v_k = \sum_{i=0}^{k-1} B^i g, \qquad B = (1 - \lambda) I + \lambda A,

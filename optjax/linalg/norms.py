@@ -22,6 +22,7 @@ upper bound, tight up to boundary effects (it tends to :math:`\|W\|` as the imag
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,8 @@ import numpy as np
 __all__ = ["wrapped_taps", "circular_norm", "one_by_one", "top_singular_value"]
 
 
-def wrapped_taps(kernel: jax.Array, grid: tuple[int, int], stride: int, offset: int) -> jax.Array:
+def wrapped_taps(kernel: jax.Array, grid: tuple[int, ...], stride: int,
+                 offset: int) -> jax.Array:
     r"""The kernel as a stride-1 correlation on the ``grid`` torus of polyphase components.
 
     Tap :math:`a` reads input index :math:`s i + t` with :math:`t = a - p`; writing
@@ -47,7 +49,7 @@ def wrapped_taps(kernel: jax.Array, grid: tuple[int, int], stride: int, offset: 
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def circular_norm(kernel: jax.Array, grid: tuple[int, int], stride: int = 1,
+def circular_norm(kernel: jax.Array, grid: tuple[int, ...], stride: int = 1,
                    offset: int | None = None) -> jax.Array:
     """Exact ||C|| of the circular correlation with ``kernel`` (stride ``stride``, tap ``a`` at
     offset ``a - offset``) on the torus of ``grid * stride`` input pixels."""
@@ -60,7 +62,7 @@ def circular_norm(kernel: jax.Array, grid: tuple[int, int], stride: int = 1,
     return top_singular_value(blocks)
 
 
-def one_by_one(fn, matrices: jax.Array) -> jax.Array:
+def one_by_one(fn: Callable[[jax.Array], jax.Array], matrices: jax.Array) -> jax.Array:
     """``fn`` on every matrix of a batch ``(..., m, n)``, one LAPACK call each (``lax.map``).
 
     jaxlib 0.10's CPU kernels split a batched call over the intra-op thread pool and block

@@ -4,29 +4,49 @@ settings, checks and convolutions of the DEQ and monDEQ layers (:class:`Baseline
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike, DTypeLike
 
 from optjax import solvers as _solvers
 from optjax.config import ConfigError, positive_int, require
 from optjax.convex import activations as _activations
 from optjax.engine import backward as _backward
 from optjax.engine.equilibrium import equilibrium
+from optjax.engine.problem import EquilibriumProblem
+from optjax.engine.result import BackwardStats, SolveInfo
 
 __all__ = ["SolveStat", "SolveSummary", "EquilibriumModule"]
 
 _NAN = float("nan")
 
+#: What a layer's ``__call__`` returns: the equilibria, or ``(equilibria, SolveInfo)`` with
+#: ``return_info=True`` (Any: the type depends on that flag's value).
+Output = Any
+
 
 class SolveStat(nnx.Variable):
     """One scalar of a layer's :class:`SolveSummary`: updated by every call (also inside
-    ``nnx.jit``), never trained (not an ``nnx.Param``)."""
+    ``nnx.jit``), never trained (not an ``nnx.Param``).
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import OptEqDense, SolveStat
+      >>> layer = OptEqDense(64, 16, rngs=nnx.Rngs(0))
+      >>> isinstance(layer.stats.residual_max, SolveStat)
+      True
+      >>> len(jax.tree.leaves(nnx.state(layer, SolveStat)))   # the summary's scalars
+      13
+      >>> len(jax.tree.leaves(nnx.state(layer, nnx.Param)))   # W, U, b: not among them
+      3
+    """
 
 
-def _stat(value, dtype) -> SolveStat:
+def _stat(value: ArrayLike, dtype: DTypeLike) -> SolveStat:
     return SolveStat(jnp.asarray(value, dtype))
 
 
@@ -69,9 +89,20 @@ class SolveSummary(nnx.Module):
       weight_norm: the :math:`\\|W\\|` the certificate used (NaN if none was computed).
       modulus: the strong-convexity (or contraction) modulus :math:`\\mu` of the certificate.
       defects: the problem's :class:`optjax.Defect` bits.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from optjax.nn import OptEqDense
+      >>> layer = OptEqDense(64, 16, rngs=nnx.Rngs(0))
+      >>> z = layer(jnp.ones((2, 64)))
+      >>> int(layer.stats.samples[...]), float(layer.stats.converged_share[...])
+      (2, 1.0)
+      >>> sorted(layer.stats.as_dict())[:3]
+      ['converged_share', 'defects', 'distance_bound_max']
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         f32, i32 = jnp.float32, jnp.int32
         self.samples = _stat(0, i32)
         self.steps_mean = _stat(_NAN, f32)
@@ -87,7 +118,7 @@ class SolveSummary(nnx.Module):
         self.modulus = _stat(_NAN, f32)
         self.defects = _stat(0, i32)
 
-    def record(self, info) -> None:
+    def record(self, info: SolveInfo) -> None:
         """Overwrite every field with the summary of ``info`` (an :class:`optjax.SolveInfo`)."""
         info = jax.lax.stop_gradient(info)
         f32 = jnp.float32
@@ -135,7 +166,7 @@ class EquilibriumModule(nnx.Module):
         self.stats = SolveSummary()
 
     def set_view(self, use_running_average: bool | None = None,
-                 deterministic: bool | None = None):
+                 deterministic: bool | None = None) -> None:
         """Class method used by ``nnx.view``.
 
         Args:
@@ -152,7 +183,7 @@ class EquilibriumModule(nnx.Module):
         if mode is not None:
             self.use_running_average = mode
 
-    def _finish(self, output, info, return_info: bool):
+    def _finish(self, output: Any, info: SolveInfo, return_info: bool) -> Output:
         """Record ``info`` in the summary; return ``output`` (and ``info`` if asked)."""
         self.stats.record(info)
         return (output, info) if return_info else output
@@ -164,7 +195,16 @@ CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def param_count(module: nnx.Module) -> int:
-    """Total number of scalars in the module's :class:`nnx.Param` leaves."""
+    """Total number of scalars in the module's :class:`nnx.Param` leaves.
+
+    Examples:
+      >>> from flax import nnx
+      >>> from optjax.nn import OptEqDense, param_count
+      >>> param_count(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))         # 3 x 4 weights + 4 biases
+      16
+      >>> param_count(OptEqDense(64, 16, rngs=nnx.Rngs(0)))      # W 32 x 16, U 32 x 64, b 32
+      2592
+    """
     return int(sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
@@ -191,7 +231,7 @@ def conv2d_adjoint(y: jax.Array, kernel: jax.Array) -> jax.Array:
     return conv2d(y, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
 
 
-def resolve_activation(activation) -> Callable:
+def resolve_activation(activation: str | Callable) -> Callable:
     """A callable from a registered optjax activation name (kept as the hashable
     :class:`~optjax.Activation`, a static attribute under ``nnx.jit``), a ``jax.nn`` name, or a
     callable."""
@@ -209,12 +249,12 @@ def resolve_activation(activation) -> Callable:
     )
 
 
-def positive_number(value) -> bool:
+def positive_number(value: Any) -> bool:
     """A real number > 0 (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def check_settings(owner, tol, max_steps):
+def check_settings(owner: str, tol: Any, max_steps: Any) -> None:
     """A layer's tolerance and step cap, or a ConfigError naming the owner."""
     require(
         positive_number(tol),
@@ -223,7 +263,7 @@ def check_settings(owner, tol, max_steps):
     positive_int(owner, "max_steps", max_steps)
 
 
-def check_input(owner, x, feature_shape):
+def check_input(owner: str, x: Any, feature_shape: Sequence[int | None]) -> jax.Array:
     """``x`` as a floating array of shape ``(batch,) + feature_shape`` (None: any size)."""
     if not hasattr(x, "shape"):
         x = jnp.asarray(x)
@@ -237,7 +277,9 @@ def check_input(owner, x, feature_shape):
     return x
 
 
-def solve_layer(layer, problem, c, init, return_info, backward_probe=None):
+def solve_layer(layer: BaselineLayer, problem: EquilibriumProblem, c: jax.Array,
+                init: ArrayLike | None, return_info: bool,
+                backward_probe: BackwardStats | None = None) -> Output:
     """Solve ``problem`` for the injections ``c`` with the layer's settings, summarise the
     :class:`optjax.SolveInfo` in ``layer.stats`` and return the equilibria (and the info if
     ``return_info``); ``backward_probe`` as :func:`optjax.equilibrium`'s."""
@@ -252,7 +294,13 @@ def solve_layer(layer, problem, c, init, return_info, backward_probe=None):
 class BaselineLayer(EquilibriumModule):
     """Settings shared by the DEQ and monDEQ layers."""
 
-    def _setup(self, solver, backward, tol, max_steps):
+    if TYPE_CHECKING:  # the monDEQ layers' settings, which _problem_step reads
+        alpha: float | None
+        splitting: str
+        step_size: Callable[..., jax.Array]
+
+    def _setup(self, solver: str | _solvers.Solver, backward: str | _backward.Backward,
+               tol: float, max_steps: int) -> None:
         check_settings(type(self).__name__, tol, max_steps)
         self.solver = _solvers.get(solver)
         self.backward = backward if backward == "auto" else _backward.get(backward)
@@ -260,10 +308,10 @@ class BaselineLayer(EquilibriumModule):
         self.max_steps = int(max_steps)
         self._init_stats()
 
-    def _dtype(self, x, *params):
+    def _dtype(self, x: jax.Array, *params: jax.Array) -> Any:
         return jnp.result_type(x.dtype, *(p.dtype for p in params))
 
-    def _problem_step(self, dtype, *spatial):
+    def _problem_step(self, dtype: DTypeLike, *spatial: tuple[int, ...]) -> jax.Array | None:
         """A monDEQ's ``MonDEQProblem.step``: None for Peaceman--Rachford's default (the problem
         computes it from the I - W it builds for the resolvent), else :meth:`step_size`."""
         if self.alpha is None and self.splitting == "peaceman_rachford":

@@ -28,7 +28,7 @@ per-sample :class:`optjax.SolveInfo` (None for ``"explicit"``); ``model.stats`` 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import jax
 from flax import nnx
@@ -36,7 +36,8 @@ from flax import nnx
 from optjax.config import ConfigError
 from optjax.nn.deq import DEQConv, DEQDense
 from optjax.nn.mondeq import MonDEQConv, MonDEQDense
-from optjax.nn.base import param_count
+from optjax.engine.result import BackwardStats
+from optjax.nn.base import Output, SolveSummary, param_count
 from optjax.nn.deep import DeepOptEq, DeepOptEqConv
 from optjax.nn.opteq import OptEqConv, OptEqDense
 
@@ -55,13 +56,13 @@ class ExplicitBlock(nnx.Module):
 
     def __init__(self, kind: str, in_size: int, width: int, *, rngs: nnx.Rngs):
         if kind == "dense":
-            self.first = nnx.Linear(in_size, width, rngs=rngs)
-            self.second = nnx.Linear(width, width, rngs=rngs)
+            self.first: nnx.Linear | nnx.Conv = nnx.Linear(in_size, width, rngs=rngs)
+            self.second: nnx.Linear | nnx.Conv = nnx.Linear(width, width, rngs=rngs)
         else:
             self.first = nnx.Conv(in_size, width, (3, 3), padding="SAME", rngs=rngs)
             self.second = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False):
+    def __call__(self, x: jax.Array, *, return_info: bool = False) -> Output:
         out = nnx.relu(self.second(nnx.relu(self.first(x))))
         return (out, None) if return_info else out
 
@@ -76,11 +77,16 @@ HEAD_UNITS = 32
 MONDEQ_M = 1.0
 
 
-def _stem_stride(input_shape) -> int:
+def _stem_stride(input_shape: Sequence[int]) -> int:
     return 2 if min(input_shape[:2]) >= 16 else 1
 
 
-def _layer(family, kind, input_shape, width, rngs, options):
+Layer = (OptEqDense | OptEqConv | DEQDense | DEQConv | MonDEQDense | MonDEQConv | DeepOptEq
+         | DeepOptEqConv | ExplicitBlock)
+
+
+def _layer(family: str, kind: str, input_shape: tuple[int, ...], width: int, rngs: nnx.Rngs,
+           options: dict[str, Any]) -> Layer:
     """The equilibrium layer (or the explicit block) and the grid of its output (conv)."""
     h, w, c = input_shape
     if family == "explicit":
@@ -125,10 +131,21 @@ class ImplicitClassifier(nnx.Module):
         head): a fine control of the parameter count where one channel more or less of the
         equilibrium moves it by too much (small budgets).
       layer_options: passed to the equilibrium layer (solver, tol, max_steps, ...).
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import ImplicitClassifier
+      >>> model = ImplicitClassifier("opteq", "dense", (8, 8, 1), 10, 16, rngs=nnx.Rngs(0))
+      >>> images = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+      >>> logits, info = model(images, return_info=True)
+      >>> logits.shape, bool(info.converged.all())
+      ((2, 10), True)
     """
 
     def __init__(self, family: str, kind: str, input_shape: Sequence[int], num_classes: int,
-                 width: int, *, rngs: nnx.Rngs, head_units: int = HEAD_UNITS, **layer_options):
+                 width: int, *, rngs: nnx.Rngs, head_units: int = HEAD_UNITS,
+                 **layer_options: Any) -> None:
         if family not in FAMILIES:
             raise ConfigError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
         if kind not in KINDS:
@@ -145,10 +162,10 @@ class ImplicitClassifier(nnx.Module):
         self.layer = _layer(family, kind, self.input_shape, width, rngs, layer_options)
         h, w, c = self.input_shape
         if kind == "dense":
-            self.stem = None
+            self.stem: nnx.Conv | None = None
             self.pool = 1
             self.head = nnx.Linear(width, num_classes, rngs=rngs)
-            self.hidden = None
+            self.hidden: nnx.Linear | None = None
             return
         stride = _stem_stride(self.input_shape)
         self.stem = nnx.Conv(c, STEM_CHANNELS, (3, 3), strides=stride, padding="SAME",
@@ -160,15 +177,17 @@ class ImplicitClassifier(nnx.Module):
         self.head = nnx.Linear(head_units, num_classes, rngs=rngs)
 
     @property
-    def stats(self):
+    def stats(self) -> SolveSummary | None:
         """The equilibrium layer's :class:`optjax.nn.SolveSummary` (None for ``"explicit"``)."""
         return getattr(self.layer, "stats", None)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def __call__(self, x: jax.Array, *, return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         """Logits (and the layer's :class:`optjax.SolveInfo`, None for ``"explicit"``, with
         ``return_info``). ``backward_probe``: an :func:`optjax.backward_probe` whose gradient
         carries the backward solve's statistics (ignored by ``"explicit"``)."""
-        probe = {} if self.family == "explicit" else dict(backward_probe=backward_probe)
+        probe: dict[str, Any] = ({} if self.family == "explicit"
+                                 else dict(backward_probe=backward_probe))
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected images of shape (batch,) + {self.input_shape} (channels last); got "
@@ -178,24 +197,27 @@ class ImplicitClassifier(nnx.Module):
             features, info = self.layer(x.reshape(x.shape[0], -1), return_info=True, **probe)
             logits = self.head(features)
         else:
-            features, info = self.layer(nnx.relu(self.stem(x)), return_info=True, **probe)
+            # stem and hidden are set in a conv classifier
+            features, info = self.layer(nnx.relu(cast(nnx.Conv, self.stem)(x)), return_info=True,
+                                        **probe)
             if self.pool > 1:
                 features = nnx.avg_pool(features, (self.pool, self.pool),
                                         strides=(self.pool, self.pool))
-            hidden = nnx.relu(self.hidden(features.reshape(x.shape[0], -1)))
+            hidden = nnx.relu(cast(nnx.Linear, self.hidden)(features.reshape(x.shape[0], -1)))
             logits = self.head(hidden)
         return (logits, info) if return_info else logits
 
 
-def _count(family, kind, input_shape, num_classes, width, options, head_units=HEAD_UNITS):
+def _count(family: str, kind: str, input_shape: Sequence[int], num_classes: int, width: int,
+           options: dict[str, Any], head_units: int = HEAD_UNITS) -> int:
     abstract = nnx.eval_shape(lambda: ImplicitClassifier(
         family, kind, input_shape, num_classes, width, rngs=nnx.Rngs(0), head_units=head_units,
         **options))
     return param_count(abstract)
 
 
-def matched_size(family: str, kind: str, input_shape, num_classes: int, target: int,
-                 **layer_options) -> tuple[int, int, int]:
+def matched_size(family: str, kind: str, input_shape: Sequence[int], num_classes: int,
+                 target: int, **layer_options: Any) -> tuple[int, int, int]:
     """``(width, head_units, count)`` of the conv classifier nearest to ``target`` parameters:
     the width of :func:`matched_width` (``closest=True``), then the head's hidden units (16 to
     64) that bring the count nearest to ``target``. At small budgets one channel of the
@@ -214,10 +236,17 @@ def matched_size(family: str, kind: str, input_shape, num_classes: int, target: 
     return width, head, _count(family, kind, input_shape, num_classes, width, layer_options, head)
 
 
-def matched_width(family: str, kind: str, input_shape, num_classes: int, target: int, *,
-                  closest: bool = False, **layer_options) -> tuple[int, int]:
+def matched_width(family: str, kind: str, input_shape: Sequence[int], num_classes: int,
+                  target: int, *, closest: bool = False,
+                  **layer_options: Any) -> tuple[int, int]:
     """The largest width whose classifier has at most ``target`` parameters, and that count;
-    with ``closest``, the width whose count is nearest to ``target`` (at most one width more)."""
+    with ``closest``, the width whose count is nearest to ``target`` (at most one width more).
+
+    Examples:
+      >>> from optjax.nn import matched_width
+      >>> matched_width("opteq", "dense", (8, 8, 1), 10, 2800)    # (width, parameter count)
+      (16, 2762)
+    """
     if closest:
         width, count = matched_width(family, kind, input_shape, num_classes, target,
                                      **layer_options)
@@ -241,10 +270,18 @@ def matched_width(family: str, kind: str, input_shape, num_classes: int, target:
     return lo, count
 
 
-def build_matched(family: str, kind: str, input_shape, num_classes: int, target: int, *,
-                  rngs: nnx.Rngs, **layer_options) -> ImplicitClassifier:
+def build_matched(family: str, kind: str, input_shape: Sequence[int], num_classes: int,
+                  target: int, *, rngs: nnx.Rngs, **layer_options: Any) -> ImplicitClassifier:
     """A classifier with the largest width that keeps at most ``target`` parameters; its count
-    is ``param_count(model)``."""
+    is ``param_count(model)``.
+
+    Examples:
+      >>> from flax import nnx
+      >>> from optjax.nn import build_matched, param_count
+      >>> model = build_matched("opteq", "dense", (8, 8, 1), 10, 2800, rngs=nnx.Rngs(0))
+      >>> model.layer.features, param_count(model)     # the widest with <= 2800 parameters
+      (16, 2762)
+    """
     width, _ = matched_width(family, kind, input_shape, num_classes, target, **layer_options)
     return ImplicitClassifier(family, kind, input_shape, num_classes, width, rngs=rngs,
                               **layer_options)

@@ -17,11 +17,12 @@ exact gradients of the normalised model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from optjax.convex import activations as _activations
 from optjax.engine import backward as _backward
@@ -29,7 +30,8 @@ from optjax.families import deep as _deep
 from optjax.families.deep import problem as _deep_problem
 from optjax import solvers as _solvers
 from optjax.config import ConfigError
-from optjax.nn.base import EquilibriumModule
+from optjax.engine.result import BackwardStats
+from optjax.nn.base import EquilibriumModule, Output
 
 __all__ = ["DeepOptEq", "DeepOptEqConv"]
 
@@ -38,7 +40,17 @@ class _DeepChain(EquilibriumModule):
     """Settings, normalisation and the solve shared by the dense and convolutional chains;
     subclasses hold the raw couplings and define :meth:`_raw_couplings` and the input."""
 
-    def _settings(self, num_layers, *, activation, rho, sweep, solver, tol, max_steps, backward):
+    if TYPE_CHECKING:  # each chain's
+        def _raw_couplings(self) -> tuple: ...
+
+        def states(self, x: jax.Array, *, return_info: bool = False,
+                   backward_probe: BackwardStats | None = None) -> Output: ...
+
+    def _settings(self, num_layers: int, *,
+                  activation: (str | _activations.Activation
+                               | Sequence[str | _activations.Activation]),
+                  rho: float, sweep: str, solver: str | _solvers.Solver, tol: float,
+                  max_steps: int, backward: str | _backward.Backward) -> None:
         if not (isinstance(rho, (int, float)) and 0.0 < rho <= 1.0):
             raise ConfigError(
                 f"rho must be in (0, 1] so that ||A_(l-1)|| + ||A_l|| <= rho keeps the objective "
@@ -68,7 +80,7 @@ class _DeepChain(EquilibriumModule):
         """The normalised couplings ``A_l`` the solve uses."""
         return self._normalized()[0]
 
-    def _normalized(self):
+    def _normalized(self) -> tuple[tuple, jax.Array | None]:
         """The normalised couplings and their norms ``scale_l ||V_l||`` (for the certificate)."""
         raw = self._raw_couplings()
         if not raw:
@@ -79,14 +91,16 @@ class _DeepChain(EquilibriumModule):
                           for v, k in zip(raw, scales))
         return couplings, jax.lax.stop_gradient(scales * norms)
 
-    def _solve(self, problem, x, return_info, backward_probe=None):
+    def _solve(self, problem: _deep.DeepProblem, x: jax.Array, return_info: bool,
+               backward_probe: BackwardStats | None = None) -> Output:
         states, info = _deep.equilibrium(
             problem, x, solver=self.solver, tol=self.tol, max_steps=self.max_steps,
             backward=self.backward, backward_probe=backward_probe,
         )
         return self._finish(states, info, return_info)
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def __call__(self, x: jax.Array, *, return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         states, info = self.states(x, return_info=True, backward_probe=backward_probe)
         return (states[-1], info) if return_info else states[-1]
 
@@ -114,6 +128,19 @@ class DeepOptEq(_DeepChain):
     (:class:`optjax.nn.SolveSummary`). The solve is certified in both modes (the norms are
     computed for the normalisation anyway), so evaluation mode changes nothing here; it is
     accepted so that ``model.eval()`` and ``nnx.view`` reach every layer alike.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import DeepOptEq
+      >>> layer = DeepOptEq(3, (8, 4), rngs=nnx.Rngs(0))      # in_features, layer sizes
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+      >>> layer(x).shape                                      # the last layer's state
+      (2, 4)
+      >>> [s.shape for s in layer.states(x)]                  # every layer's
+      [(2, 8), (2, 4)]
+      >>> float(layer.stats.converged_share[...])
+      1.0
     """
 
     def __init__(
@@ -121,16 +148,17 @@ class DeepOptEq(_DeepChain):
         in_features: int,
         layer_sizes: Sequence[int],
         *,
-        activation="relu",
+        activation: (str | _activations.Activation
+                     | Sequence[str | _activations.Activation]) = "relu",
         rho: float = 0.95,
         sweep: str = "gauss_seidel",
-        solver="fixed_point",
+        solver: str | _solvers.Solver = "fixed_point",
         tol: float = 1e-4,
         max_steps: int = 100,
-        backward="gmres",
-        param_dtype=jnp.float32,
+        backward: str | _backward.Backward = "gmres",
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
-    ):
+    ) -> None:
         sizes = tuple(layer_sizes)
         if not sizes or not all(isinstance(n, int) and n > 0 for n in sizes):
             raise ConfigError(
@@ -174,7 +202,8 @@ class DeepOptEq(_DeepChain):
         :meth:`optjax.families.deep.DeepProblem.input_lipschitz` (``U`` included)."""
         return self.problem().input_lipschitz()
 
-    def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def states(self, x: jax.Array, *, return_info: bool = False,
+               backward_probe: BackwardStats | None = None) -> Output:
         """All equilibrium states ``[s_1, ..., s_L]`` for the batch ``x`` (and the
         :class:`optjax.SolveInfo` if ``return_info``); updates ``self.stats``."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -204,6 +233,17 @@ class DeepOptEqConv(_DeepChain):
       kernel_size: odd size of the couplings and of the injection.
 
     The other arguments are those of :class:`DeepOptEq`.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import DeepOptEqConv
+      >>> layer = DeepOptEqConv(1, (4, 8), (8, 8), strides=(2,), rngs=nnx.Rngs(0))
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+      >>> [s.shape for s in layer.states(x)]                  # 8 x 8, then 4 x 4
+      [(2, 8, 8, 4), (2, 4, 4, 8)]
+      >>> float(layer.stats.converged_share[...])
+      1.0
     """
 
     def __init__(
@@ -214,16 +254,17 @@ class DeepOptEqConv(_DeepChain):
         strides: Sequence[int] | None = None,
         *,
         kernel_size: int = 3,
-        activation="relu",
+        activation: (str | _activations.Activation
+                     | Sequence[str | _activations.Activation]) = "relu",
         rho: float = 0.95,
         sweep: str = "gauss_seidel",
-        solver="fixed_point",
+        solver: str | _solvers.Solver = "fixed_point",
         tol: float = 1e-3,
         max_steps: int = 50,
-        backward="fixed_point",
-        param_dtype=jnp.float32,
+        backward: str | _backward.Backward = "fixed_point",
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
-    ):
+    ) -> None:
         chans = tuple(channels)
         if not chans or not all(isinstance(c, int) and c > 0 for c in chans):
             raise ConfigError(f"channels must be a non-empty sequence of positive ints, got "
@@ -260,8 +301,8 @@ class DeepOptEqConv(_DeepChain):
         from optjax.linalg.convolution import Conv2D, StridedConv2D
 
         maps = []
-        for kernel, grid, t in zip(self.couplings, self.grids, self.strides):
-            kernel = kernel.get_value()
+        for param, grid, t in zip(self.couplings, self.grids, self.strides):
+            kernel = param.get_value()
             maps.append(Conv2D(kernel, grid) if t == 1 else StridedConv2D(kernel, grid, t))
         return tuple(maps)
 
@@ -283,7 +324,8 @@ class DeepOptEqConv(_DeepChain):
         injection = Conv2D(self.injection.kernel.get_value(), self.grids[0]).spectral_norm()
         return self.problem().input_lipschitz() * injection
 
-    def states(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def states(self, x: jax.Array, *, return_info: bool = False,
+               backward_probe: BackwardStats | None = None) -> Output:
         """Every layer's equilibrium state (and the SolveInfo if ``return_info``)."""
         want = self.grids[0] + (self.in_channels,)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:

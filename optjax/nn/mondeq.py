@@ -13,12 +13,8 @@ steps and the certificate (a distance bound). ``W`` is not symmetric, so there i
 the backward system is solved by the same Peaceman--Rachford splitting on the adjoint problem
 (``backward="auto"``; GMRES for forward-backward).
 
-Every layer summarises its last call in ``layer.stats`` (fixed-size scalars that work under
-``nnx.jit``, inside ``nnx.Sequential`` and in checkpoints; :class:`optjax.nn.SolveSummary`) and
-returns the per-sample :class:`optjax.SolveInfo` on request:
-``z, info = layer(x, return_info=True)``. Evaluation mode (``model.eval()``, ``nnx.view``)
-changes nothing in these layers; they accept it so that Flax's mode switches reach every layer
-alike.
+Statistics (``layer.stats``, ``return_info=True``) and evaluation mode work as for every
+layer (see :mod:`optjax.nn.deq`).
 """
 
 
@@ -27,12 +23,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from optjax.config import ConfigError, positive_int, require
+from optjax.engine.backward import Backward
+from optjax.engine.result import BackwardStats
 from optjax.families.mondeq import SPLITTINGS, MonDEQProblem, apply_w, peaceman_rachford_step, step_size
 from optjax.linalg import linear_map
 from optjax.linalg.convolution import Conv2D
-from optjax.nn.base import BaselineLayer, check_input, conv2d, positive_number, solve_layer
+from optjax.nn.base import (BaselineLayer, Output, check_input, conv2d, positive_number,
+                            solve_layer)
+from optjax.solvers import Solver
 
 __all__ = ["MonDEQDense", "MonDEQConv"]
 
@@ -40,12 +41,13 @@ _EXACT_NORM_MAX = 256  # dense monDEQ: exact ||I - W|| (SVD) up to this width, p
 _MON_SCALE = 0.1  # monDEQ init: A, B entries ~ N(0, 0.1^2 / fan_in), so L = ||I - W|| stays small
 
 
-def _check_splitting(owner, splitting):
+def _check_splitting(owner: str, splitting: str) -> None:
     require(splitting in SPLITTINGS,
             f"{owner}.splitting must be one of {', '.join(SPLITTINGS)}, got {splitting!r}")
 
 
-def _check_monotone_settings(owner, m, alpha, power_iterations):
+def _check_monotone_settings(owner: str, m: float, alpha: float | None,
+                             power_iterations: int) -> None:
     require(
         positive_number(m),
         f"{owner}.m must be a positive number (the monotonicity margin), got {m!r}",
@@ -78,6 +80,16 @@ class MonDEQDense(BaselineLayer):
     with it (samples stopped by ``max_steps`` are reported as not converged). Other arguments
     as :class:`DEQDense`; the backward mode ``"auto"`` runs Peaceman--Rachford on the adjoint
     problem (:class:`optjax.engine.backward.Splitting`), GMRES with forward-backward.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import MonDEQDense
+      >>> layer = MonDEQDense(3, 4, m=0.5, rngs=nnx.Rngs(0))  # in_features, features
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+      >>> z, info = layer(x, return_info=True)
+      >>> z.shape, bool(info.converged.all())
+      ((2, 4), True)
     """
 
     def __init__(
@@ -88,14 +100,14 @@ class MonDEQDense(BaselineLayer):
         m: float = 0.05,
         alpha: float | None = None,
         splitting: str = "peaceman_rachford",
-        solver="fixed_point",
+        solver: str | Solver = "fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
-        backward="auto",
+        backward: str | Backward = "auto",
         power_iterations: int = 50,
-        param_dtype=jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
-    ):
+    ) -> None:
         _check_monotone_settings(type(self).__name__, m, alpha, power_iterations)
         _check_splitting(type(self).__name__, splitting)
         self._setup(solver, backward, tol, max_steps)
@@ -138,7 +150,8 @@ class MonDEQDense(BaselineLayer):
                          exact_max=_EXACT_NORM_MAX, iterations=self.power_iterations)
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False, backward_probe=None):
+                 return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         x = check_input(type(self).__name__, x, (self.in_features,))
         a, b = self.weight_a[...], self.weight_b[...]
         dtype = self._dtype(x, a, self.input_weight[...])
@@ -162,6 +175,16 @@ class MonDEQConv(BaselineLayer):
 
     ``__call__(x, *, init=None, return_info=False)``: ``x`` of shape
     ``(batch, H, W, in_channels)``; returns ``z*`` of shape ``(batch, H, W, channels)``.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import MonDEQConv
+      >>> layer = MonDEQConv(2, 4, m=0.5, rngs=nnx.Rngs(0))   # circular padding: FFT resolvent
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 2))
+      >>> z, info = layer(x, return_info=True)
+      >>> z.shape, bool(info.converged.all())
+      ((2, 6, 6, 4), True)
     """
 
     def __init__(
@@ -173,14 +196,14 @@ class MonDEQConv(BaselineLayer):
         alpha: float | None = None,
         splitting: str = "peaceman_rachford",
         padding: str | None = None,
-        solver="fixed_point",
+        solver: str | Solver = "fixed_point",
         tol: float = 1e-4,
         max_steps: int = 500,
-        backward="auto",
+        backward: str | Backward = "auto",
         power_iterations: int = 50,
-        param_dtype=jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
-    ):
+    ) -> None:
         _check_monotone_settings(type(self).__name__, m, alpha, power_iterations)
         _check_splitting(type(self).__name__, splitting)
         if padding is None:  # Peaceman-Rachford's FFT resolvent needs circular convolutions
@@ -208,7 +231,8 @@ class MonDEQConv(BaselineLayer):
         )
         self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
 
-    def _maps(self, spatial, dtype=None):
+    def _maps(self, spatial: tuple[int, ...],
+              dtype: DTypeLike | None = None) -> tuple[Conv2D, Conv2D]:
         ka, kb = self.kernel_a[...], self.kernel_b[...]
         if dtype is not None:
             ka, kb = ka.astype(dtype), kb.astype(dtype)
@@ -235,7 +259,8 @@ class MonDEQConv(BaselineLayer):
                          iterations=self.power_iterations)
 
     def __call__(self, x: jax.Array, *, init: jax.Array | None = None,
-                 return_info: bool = False, backward_probe=None):
+                 return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         x = check_input(type(self).__name__, x, (None, None, self.in_channels))
         dtype = self._dtype(x, self.kernel_a[...], self.input_kernel[...])
         c = conv2d(x.astype(dtype), self.input_kernel[...].astype(dtype))

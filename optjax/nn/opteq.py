@@ -40,21 +40,25 @@ above).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 import optjax
 from optjax.linalg import linear_map
 from optjax.convex import activations as _activations
 from optjax.convex import priors as _priors
 from optjax.config import ConfigError
+from optjax.engine.backward import Backward
+from optjax.engine.result import BackwardStats
 from optjax.linalg.convolution import Conv2D
-from optjax.nn.base import EquilibriumModule
+from optjax.nn.base import EquilibriumModule, Output
 from optjax.nn.spectral import (PowerIterationState, certified_norm, initial_vector, normalize,
                                  power_step)
+from optjax.solvers import Solver
 
 __all__ = ["OptEqDense", "OptEqConv"]
 
@@ -62,7 +66,7 @@ _ANCHORS = (None, "zero", "injection")
 _OUTPUTS = ("z", "s")
 
 
-def _check_sizes(owner: str, **sizes) -> None:
+def _check_sizes(owner: str, **sizes: Any) -> None:
     for name, value in sizes.items():
         if value is None:
             continue
@@ -73,8 +77,14 @@ def _check_sizes(owner: str, **sizes) -> None:
 class _OptEqBase(EquilibriumModule):
     """Shared settings and the solve; subclasses define the weights and the injection."""
 
-    def _setup(self, *, activation, rho, solver, tol, max_steps, backward, output, prior, anchor,
-               certify, compute_dtype, power_steps, state_shape, param_dtype, rngs):
+    if TYPE_CHECKING:  # each layer's: W, a dense array or a Conv2D
+        def _raw_weight(self) -> Any: ...
+
+    def _setup(self, *, activation: str | _activations.Activation, rho: float,
+               solver: str | Solver | None, tol: float, max_steps: int, backward: str | Backward,
+               output: str, prior: _priors.Prior | None, anchor: str | None,
+               certify: bool | None, compute_dtype: DTypeLike | None, power_steps: int,
+               state_shape: tuple[int, ...], param_dtype: DTypeLike, rngs: nnx.Rngs) -> None:
         if not 0.0 < rho <= 1.0:
             raise ConfigError(
                 f"rho must be in (0, 1] so that ||W|| <= rho keeps the objective convex; got {rho}"
@@ -118,7 +128,7 @@ class _OptEqBase(EquilibriumModule):
         self.power = PowerIterationState(
             initial_vector(self._raw_weight(), rngs.params(), tuple(state_shape), param_dtype))
 
-    def used_weight(self):
+    def used_weight(self) -> Any:
         """The normalised weight W (updates the power-iteration vector in training mode)."""
         steps = self.power_steps if not self.use_running_average else 0
         v, sigma = power_step(self._raw_weight(), self.power.get_value(), steps)
@@ -126,7 +136,7 @@ class _OptEqBase(EquilibriumModule):
             self.power.set_value(v)
         return normalize(self._raw_weight(), sigma, self.rho)
 
-    def certified_weight(self):
+    def certified_weight(self) -> tuple[Any, jax.Array]:
         """``(W, ||W||)`` as evaluation mode uses them: the normalised weight (frozen power
         vector) corrected with the certified norm so that ``||W|| <= rho`` exactly."""
         v, sigma = power_step(self._raw_weight(), self.power.get_value(), 0)
@@ -156,7 +166,8 @@ class _OptEqBase(EquilibriumModule):
     def _certifies(self) -> bool:
         return self.use_running_average if self.certify is None else self.certify
 
-    def _solve(self, weight, injection, return_info, backward_probe=None):
+    def _solve(self, weight: Any, injection: jax.Array, return_info: bool,
+               backward_probe: BackwardStats | None = None) -> Output:
         batch = injection.shape[0]
         norm = None
         certify = self._certifies()
@@ -213,13 +224,31 @@ class OptEqDense(_OptEqBase):
     ``__call__(x, *, return_info=False, backward_probe=None)``: ``x`` of shape
     ``(batch, in_features)``; ``backward_probe`` as :func:`optjax.equilibrium`'s; returns
     ``z`` (or ``(z, info)`` with the per-sample :class:`optjax.SolveInfo`).
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import OptEqDense
+      >>> layer = OptEqDense(64, 16, rngs=nnx.Rngs(0))        # in_features, features
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 64))
+      >>> layer(x).shape                                      # training mode: no certificate
+      (2, 16)
+      >>> float(layer.stats.distance_bound_max[...])
+      inf
+      >>> layer.eval()                                        # evaluation mode: certified
+      >>> z, info = layer(x, return_info=True)
+      >>> bool(info.converged.all()), bool((info.certificate.distance_bound < 0.01).all())
+      (True, True)
     """
 
     def __init__(self, in_features: int, features: int, hidden: int | None = None, *,
-                 activation="relu", rho: float = 0.95, solver: str | None = None,
-                 tol: float = 1e-4, max_steps: int = 100, backward="auto", output: str = "z",
-                 prior=None, anchor=None, certify: bool | None = None, compute_dtype=None,
-                 power_steps: int = 3, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 activation: str | _activations.Activation = "relu", rho: float = 0.95,
+                 solver: str | Solver | None = None, tol: float = 1e-4, max_steps: int = 100,
+                 backward: str | Backward = "auto", output: str = "z",
+                 prior: _priors.Prior | None = None, anchor: str | None = None,
+                 certify: bool | None = None, compute_dtype: DTypeLike | None = None,
+                 power_steps: int = 3, param_dtype: DTypeLike = jnp.float32,
+                 rngs: nnx.Rngs) -> None:
         _check_sizes("OptEqDense", in_features=in_features, features=features, hidden=hidden)
         hidden = hidden or 2 * features
         self.in_features, self.features, self.hidden = in_features, features, hidden
@@ -234,13 +263,14 @@ class OptEqDense(_OptEqBase):
                     compute_dtype=compute_dtype, power_steps=power_steps,
                     state_shape=(features,), param_dtype=param_dtype, rngs=rngs)
 
-    def _raw_weight(self):
+    def _raw_weight(self) -> jax.Array:
         return self.weight.get_value()
 
     def _injection_norm(self) -> jax.Array:
         return linear_map.spectral_norm(self.input_weight.get_value())
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def __call__(self, x: jax.Array, *, return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"OptEqDense expects x of shape (batch, {self.in_features}); got {tuple(x.shape)}"
@@ -256,14 +286,28 @@ class OptEqConv(_OptEqBase):
     Arguments as :class:`OptEqDense`, plus ``spatial = (H, W)``, ``kernel_size`` (odd) and
     ``padding`` (``"zeros"``: the norm is a certified FFT upper bound; ``"circular"``: exact).
     ``__call__(x, *, return_info=False, backward_probe=None)`` as :class:`OptEqDense`.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from optjax.nn import OptEqConv
+      >>> layer = OptEqConv(1, 4, (6, 6), rngs=nnx.Rngs(0))   # in_channels, channels, (H, W)
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 1))
+      >>> layer(x).shape
+      (2, 6, 6, 4)
+      >>> float(layer.stats.converged_share[...])
+      1.0
     """
 
     def __init__(self, in_channels: int, channels: int, spatial: Sequence[int],
                  hidden: int | None = None, *, kernel_size: int = 3, padding: str = "zeros",
-                 activation="relu", rho: float = 0.95, solver: str | None = None,
-                 tol: float = 1e-3, max_steps: int = 100, backward="auto", output: str = "z",
-                 prior=None, anchor=None, certify: bool | None = None, compute_dtype=None,
-                 power_steps: int = 3, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 activation: str | _activations.Activation = "relu", rho: float = 0.95,
+                 solver: str | Solver | None = None, tol: float = 1e-3, max_steps: int = 100,
+                 backward: str | Backward = "auto", output: str = "z",
+                 prior: _priors.Prior | None = None, anchor: str | None = None,
+                 certify: bool | None = None, compute_dtype: DTypeLike | None = None,
+                 power_steps: int = 3, param_dtype: DTypeLike = jnp.float32,
+                 rngs: nnx.Rngs) -> None:
         _check_sizes("OptEqConv", in_channels=in_channels, channels=channels, hidden=hidden,
                      kernel_size=kernel_size)
         if len(tuple(spatial)) != 2:
@@ -287,13 +331,14 @@ class OptEqConv(_OptEqBase):
                     compute_dtype=compute_dtype, power_steps=power_steps,
                     state_shape=self.spatial + (channels,), param_dtype=param_dtype, rngs=rngs)
 
-    def _raw_weight(self):
+    def _raw_weight(self) -> Conv2D:
         return Conv2D(self.kernel.get_value(), self.spatial, self.padding)
 
     def _injection_norm(self) -> jax.Array:
         return Conv2D(self.injection.kernel.get_value(), self.spatial).spectral_norm()
 
-    def __call__(self, x: jax.Array, *, return_info: bool = False, backward_probe=None):
+    def __call__(self, x: jax.Array, *, return_info: bool = False,
+                 backward_probe: BackwardStats | None = None) -> Output:
         want = self.spatial + (self.in_channels,)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(

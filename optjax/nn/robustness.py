@@ -21,12 +21,13 @@ what is certified (the OptEq layers' weights corrected with the certified norm).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.typing import ArrayLike
 
 from optjax.config import ConfigError
 from optjax.linalg import linear_map
@@ -39,11 +40,12 @@ __all__ = ["feature_lipschitz", "lipschitz_bound", "certified_radius", "margin_o
            "pgd_l2", "robust_accuracy"]
 
 
-def _conv_norm(conv: nnx.Conv, grid) -> jax.Array:
+def _conv_norm(conv: nnx.Conv | nnx.Linear, grid: Sequence[int]) -> jax.Array:
     return Conv2D(conv.kernel.get_value(), tuple(grid)).spectral_norm()
 
 
-def _layer_bound(model: ImplicitClassifier, grid) -> jax.Array | None:
+# grid: the layer's (H, W), or None for a dense model
+def _layer_bound(model: ImplicitClassifier, grid: Any) -> jax.Array | None:
     layer = model.layer
     if isinstance(layer, (DEQDense, DEQConv)):
         return None  # nothing bounds a DEQ's equilibrium
@@ -68,9 +70,9 @@ def feature_lipschitz(model: ImplicitClassifier) -> jax.Array | None:
     layer = _layer_bound(model, grid)
     if layer is None:
         return None
-    stem = _conv_norm(model.stem, (h, w))  # stride-1 norm >= the strided one's
+    stem = _conv_norm(cast(nnx.Conv, model.stem), (h, w))  # stride-1 norm >= the strided one's
     pool = 1.0 / model.pool
-    hidden = linear_map.spectral_norm(model.hidden.kernel.get_value())
+    hidden = linear_map.spectral_norm(cast(nnx.Linear, model.hidden).kernel.get_value())
     return hidden * pool * layer * stem
 
 
@@ -83,7 +85,7 @@ def _pair_norms(rows: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.where(squared > 0, jnp.sqrt(safe), 0.0)
 
 
-def _head(model):
+def _head(model: ImplicitClassifier) -> jax.Array:
     return model.head.kernel.get_value()  # (features, classes): column j is h_j
 
 
@@ -130,8 +132,8 @@ def margin_offsets(model: ImplicitClassifier, y: jax.Array, eps: float) -> jax.A
     return eps * features * _pair_norms(rows, y)
 
 
-def pgd_l2(model: ImplicitClassifier, x: jax.Array, y: jax.Array, eps, *,
-           steps: int = 100, step_size=None) -> jax.Array:
+def pgd_l2(model: ImplicitClassifier, x: jax.Array, y: jax.Array, eps: ArrayLike, *,
+           steps: int = 100, step_size: ArrayLike | None = None) -> jax.Array:
     r"""An L2 projected-gradient attack on the cross-entropy: :math:`\delta \leftarrow
     \Pi_{\|\delta\| \le \epsilon}(\delta + \alpha\, g / \|g\|)` per image from
     :math:`\delta = 0`, ``steps`` steps of :math:`\alpha = 2.5\epsilon/\text{steps}` by default
@@ -144,17 +146,18 @@ def pgd_l2(model: ImplicitClassifier, x: jax.Array, y: jax.Array, eps, *,
         jnp.broadcast_to(jnp.asarray(step_size, x.dtype), x.shape[:1]), per_image)
     graphdef, state = nnx.split(model)
 
-    def loss(x_adv):  # a copy of the model: its statistics may change under this trace
+    # a copy of the model: its statistics may change under this trace
+    def loss(x_adv: jax.Array) -> jax.Array:
         logits = nnx.merge(graphdef, state, copy=True)(x_adv)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
 
     grad = jax.grad(loss)
 
-    def project(delta):
+    def project(delta: jax.Array) -> jax.Array:
         norm = jnp.sqrt(jnp.sum(delta * delta, axis=axes, keepdims=True))
         return delta * jnp.minimum(1.0, eps / jnp.maximum(norm, 1e-30))
 
-    def step(_, delta):
+    def step(_: Any, delta: jax.Array) -> jax.Array:
         g = grad(x + delta)
         g = g / jnp.maximum(jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True)), 1e-30)
         return project(delta + alpha * g)
@@ -165,7 +168,7 @@ def pgd_l2(model: ImplicitClassifier, x: jax.Array, y: jax.Array, eps, *,
 
 def robust_accuracy(model: ImplicitClassifier, x: jax.Array, y: jax.Array,
                     epsilons: Sequence[float], *, pgd_steps: int = 100,
-                    batch_size: int = 256) -> dict:
+                    batch_size: int = 256) -> dict[str, Any]:
     """Clean accuracy, and per ``eps`` the certified accuracy (correct with a certified radius
     ``>= eps``) and the empirical robust accuracy under :func:`pgd_l2`, on ``(x, y)``.
 
@@ -178,16 +181,18 @@ def robust_accuracy(model: ImplicitClassifier, x: jax.Array, y: jax.Array,
     forward = nnx.jit(lambda m, x: m(x))
     radius = nnx.jit(lambda m, x, y: certified_radius(m, x, y, features))
     attack = nnx.jit(lambda m, x, y, e: pgd_l2(m, x, y, e, steps=pgd_steps))  # one compile
-    correct, radii, robust = [], [], {eps: [] for eps in epsilons}
+    hits: list[jax.Array] = []  # per batch
+    radius_batches: list[jax.Array] = []
+    robust: dict[float, list[jax.Array]] = {eps: [] for eps in epsilons}
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        correct.append(jnp.argmax(forward(model, xb), axis=1) == yb)
-        radii.append(radius(model, xb, yb))
+        hits.append(jnp.argmax(forward(model, xb), axis=1) == yb)
+        radius_batches.append(radius(model, xb, yb))
         for eps in epsilons:
             attacked = attack(model, xb, yb, jnp.asarray(eps, xb.dtype))
             robust[eps].append(jnp.argmax(forward(model, attacked), axis=1) == yb)
-    correct = jnp.concatenate(correct)
-    radii = jnp.concatenate(radii)
+    correct = jnp.concatenate(hits)
+    radii = jnp.concatenate(radius_batches)
     bound = None if features is None else float(features * linear_map.spectral_norm(_head(model)))
     certified = {eps: (None if features is None else
                        float(jnp.mean(correct & (radii >= eps)))) for eps in epsilons}

@@ -17,10 +17,12 @@ correction, so they are the exact derivative of what the layer computes.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from optjax.linalg import linear_map
 
@@ -31,11 +33,11 @@ class PowerIterationState(nnx.BatchStat):
     """The persistent right singular vector estimate (a running statistic, not a parameter)."""
 
 
-def _unit(v):
+def _unit(v: jax.Array) -> jax.Array:
     return v / (jnp.sqrt(jnp.sum(v * v)) + 1e-30)
 
 
-def power_step(weight, v: jax.Array, steps: int = 1) -> tuple[jax.Array, jax.Array]:
+def power_step(weight: Any, v: jax.Array, steps: int = 1) -> tuple[jax.Array, jax.Array]:
     r"""``steps`` power iterations on :math:`V^\top V` from ``v``; returns the new unit vector
     (no gradient) and :math:`\hat\sigma = \|V v\|`, differentiable in V with v held fixed
     (its derivative is :math:`u v^\top`, :math:`u = Vv/\|Vv\|`, as in spectral normalisation)."""
@@ -50,7 +52,8 @@ def power_step(weight, v: jax.Array, steps: int = 1) -> tuple[jax.Array, jax.Arr
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "steps"))
-def initial_vector(weight, key, shape, dtype, steps: int = 100) -> jax.Array:
+def initial_vector(weight: Any, key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike,
+                   steps: int = 100) -> jax.Array:
     """A random unit vector of ``shape`` after ``steps`` power iterations on ``weight``: the
     converged estimate a layer starts from (one compiled function, so that building a layer
     costs one compilation, not one per eager operation)."""
@@ -58,13 +61,13 @@ def initial_vector(weight, key, shape, dtype, steps: int = 100) -> jax.Array:
     return power_step(weight, _unit(v), steps)[0]
 
 
-def normalize(weight, sigma_hat, rho: float):
+def normalize(weight: Any, sigma_hat: jax.Array, rho: float) -> Any:
     r""":math:`\min(1, \rho / \hat\sigma)\, V` for a dense array or a linear-map pytree."""
     scale = jnp.minimum(1.0, rho / jnp.maximum(sigma_hat, 1e-30))
     return jax.tree_util.tree_map(lambda a: a * scale.astype(a.dtype), weight)
 
 
-def certified_norm(weight) -> jax.Array:
+def certified_norm(weight: Any) -> jax.Array:
     """Exact ``||W||`` for a dense W (eigenvalues of the Gram matrix), the map's own certified
     value otherwise (e.g. the FFT bound of a convolution); differentiable where the top singular
     value is simple."""

@@ -1,5 +1,24 @@
 """Forward solvers, one per file; each is a frozen configuration with ``run`` (one sample) and
-``solve_batch`` (the batch, one loop; stopping per sample)."""
+``solve_batch`` (the batch, one loop; stopping per sample).
+
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> import optjax
+  >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+  >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+  >>> problem = optjax.OptEqProblem(W, "relu")
+  >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+  >>> sorted(optjax.solvers.SOLVERS)
+  ['anderson', 'fixed_point', 'halpern', 'jaxopt_anderson', 'jaxopt_fixed_point',
+   'nesterov', 'safeguarded_anderson']
+  >>> z, info = optjax.equilibrium(problem, x, solver="nesterov")
+  >>> info.solver, bool(info.converged.all())
+  ('nesterov', True)
+  >>> optjax.solvers.get("anderson", history=3).history   # a configured instance
+  3
+"""
+
+from typing import Any
 
 from optjax.config import ConfigError
 from optjax.solvers.base import Solver, SolverRun, Trace
@@ -17,7 +36,7 @@ SOLVERS = {
 }
 
 
-def get(solver, **options) -> Solver:
+def get(solver: str | Solver, **options: Any) -> Solver:
     """A solver from its name (with options) or a :class:`Solver` given as it is."""
     if isinstance(solver, Solver):
         if options:

@@ -43,10 +43,11 @@ keeps the objective monotone.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from optjax.config import in_interval, positive_int, require
 from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
@@ -74,7 +75,7 @@ def start_history(image: jax.Array, g: jax.Array, size: int) -> History:
     return History(zeros.at[:, 0].set(image), zeros.at[:, 0].set(g), gram)
 
 
-def push(history: History, image: jax.Array, g: jax.Array, slot) -> History:
+def push(history: History, image: jax.Array, g: jax.Array, slot: ArrayLike) -> History:
     """Store ``(S(x), g)`` in ``slot`` and update that row and column of the Gram matrices."""
     images = jax.lax.dynamic_update_index_in_dim(history.images, image, slot, axis=1)
     residuals = jax.lax.dynamic_update_index_in_dim(history.residuals, g, slot, axis=1)
@@ -84,14 +85,15 @@ def push(history: History, image: jax.Array, g: jax.Array, slot) -> History:
     return History(images, residuals, gram)
 
 
-def _cholesky_solve(h, rhs):
+def _cholesky_solve(h: list[list[jax.Array]], rhs: list[list[jax.Array]]
+                    ) -> tuple[list[jax.Array], jax.Array | bool]:
     """Solve ``h y = b`` for every ``b`` in ``rhs``, ``h`` symmetric positive definite, by an
     unrolled Cholesky factorisation. Entries are (B,) arrays in lists (``h[i][j]``, ``b[i]``):
     m is tiny, so this is a few elementwise operations that fuse, with no per-sample LAPACK
     call. Returns the solutions (lists) and whether every pivot was positive."""
     m = len(h)
-    low = [[None] * m for _ in range(m)]
-    ok = True
+    low: list[list[Any]] = [[None] * m for _ in range(m)]
+    ok: jax.Array | bool = True
     for j in range(m):
         pivot = h[j][j] - sum((low[j][k] * low[j][k] for k in range(j)), 0.0)
         ok = ok & (pivot > 0)
@@ -100,17 +102,18 @@ def _cholesky_solve(h, rhs):
             low[i][j] = (h[i][j] - sum((low[i][k] * low[j][k] for k in range(j)), 0.0)) / low[j][j]
     solutions = []
     for b in rhs:
-        u = [None] * m
+        u: list[Any] = [None] * m
         for i in range(m):
             u[i] = (b[i] - sum((low[i][k] * u[k] for k in range(i)), 0.0)) / low[i][i]
-        y = [None] * m
+        y: list[Any] = [None] * m
         for i in reversed(range(m)):
             y[i] = (u[i] - sum((low[k][i] * y[k] for k in range(i + 1, m)), 0.0)) / low[i][i]
         solutions.append(jnp.stack(y, axis=1))
     return solutions, ok
 
 
-def coefficients(history: History, count, latest, ridge: float) -> jax.Array:
+def coefficients(history: History, count: jax.Array, latest: ArrayLike,
+                 ridge: float) -> jax.Array:
     r"""The mixing coefficients :math:`\alpha` (B, m) of the module docstring: zero on the
     ``m - count`` empty slots; :math:`e_{\text{latest}}` (the plain step) where the system cannot
     be solved."""
@@ -148,7 +151,7 @@ def extrapolate(history: History, alpha: jax.Array, mixing: float) -> jax.Array:
     return out
 
 
-def validate_anderson(owner, history, ridge, mixing):
+def validate_anderson(owner: str, history: Any, ridge: Any, mixing: Any) -> None:
     positive_int(owner, "history", history, minimum=2)
     require(
         isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge > 0,
@@ -168,15 +171,18 @@ class Anderson(Solver):
 
     name: ClassVar[str] = "anderson"
 
-    def _validate(self):
+    def _validate(self) -> None:
         validate_anderson("Anderson", self.history, self.ridge, self.mixing)
 
-    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+    def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
+                    anchor: jax.Array | None = None,
+                    value_and_map: Callable | None = None) -> SolverRun:
         batch, shape, m = z0.shape[0], z0.shape[1:], self.history
         apply_batch = batched(fn, data)
         apply = lambda z: flat(apply_batch(z.reshape((batch,) + shape)))  # noqa: E731
 
-        def step(carry, _, active, k):
+        def step(carry: tuple[History, jax.Array, jax.Array], _: jax.Array, active: jax.Array,
+                 k: jax.Array) -> tuple[tuple[History, jax.Array, jax.Array], jax.Array]:
             history, point, image = carry
             count = jnp.minimum(k + 1, m)
             alpha = coefficients(history, count, k % m, self.ridge)

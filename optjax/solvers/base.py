@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from optjax.config import Config, ConfigError
 from optjax.engine.properties import MapProperty
@@ -102,7 +103,7 @@ class Solver(Config):
         :meth:`solve_batch` on a batch of one."""
         data_free = lambda f: None if f is None else (lambda z, _: f(z))  # noqa: E731
         out = self.solve_batch(
-            data_free(fn), z0[None], None, tol=tol, max_steps=max_steps,
+            lambda z, _: fn(z), z0[None], None, tol=tol, max_steps=max_steps,
             anchor=None if anchor is None else anchor[None],
             value_and_map=data_free(value_and_map),
         )
@@ -112,7 +113,7 @@ class Solver(Config):
         self,
         fn: Callable,
         z0: jax.Array,
-        data,
+        data: Any,
         *,
         tol: float,
         max_steps: int,
@@ -126,14 +127,14 @@ class Solver(Config):
         if type(self).run is Solver.run:
             raise NotImplementedError(f"{type(self).__name__} defines neither run nor solve_batch")
 
-        def one(z0_i, data_i, anchor_i):
+        def one(z0_i: jax.Array, data_i: Any, anchor_i: jax.Array | None) -> SolverRun:
             vm = None if value_and_map is None else (lambda z: value_and_map(z, data_i))
             return self.run(lambda z: fn(z, data_i), z0_i, tol=tol, max_steps=max_steps,
                             anchor=anchor_i, value_and_map=vm)
 
         return jax.vmap(one)(z0, data, anchor)
 
-    def _require_objective(self, value_and_map) -> None:
+    def _require_objective(self, value_and_map: Callable | None) -> None:
         if self.needs_objective and value_and_map is None:
             raise ConfigError(
                 f"the {self.name!r} solver needs the problem's explicit objective F "
@@ -152,7 +153,15 @@ def batch_norms(v: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(flat(v)), axis=1))
 
 
-def batched(fn: Callable | None, data) -> Callable | None:
+@overload
+def batched(fn: Callable, data: Any) -> Callable: ...
+
+
+@overload
+def batched(fn: None, data: Any) -> None: ...
+
+
+def batched(fn: Callable | None, data: Any) -> Callable | None:
     """``z -> vmap(fn)(z, data)``: a per-sample map applied to the whole batch."""
     if fn is None:
         return None
@@ -165,8 +174,9 @@ def freeze(active: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
 
 
-def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: int,
-               trace: bool = False, value: Callable | None = None):
+def batch_loop(step: Callable, carry: Any, residual: jax.Array, *, tol: ArrayLike,
+               max_steps: int, trace: bool = False, value: Callable | None = None
+               ) -> tuple[Any, jax.Array, jax.Array, Trace | None]:
     """Run ``step`` on the whole batch until every sample has stopped.
 
     Sample ``i`` is active while ``residual[i] > tol`` (False for NaN) and fewer than
@@ -184,11 +194,11 @@ def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: in
         first = nan[0] if value is None else value(carry).astype(residual.dtype)
         history = (nan.at[0].set(residual), nan.at[0].set(first))
 
-    def cond(state):
+    def cond(state: tuple[Any, ...]) -> jax.Array:
         _, residual, _, k, _ = state
         return (k < max_steps) & jnp.any(residual > tol)
 
-    def body(state):
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
         carry, residual, steps, k, history = state
         active = residual > tol
         carry, new_residual = step(carry, residual, active, k)
@@ -209,7 +219,7 @@ def batch_loop(step: Callable, carry, residual: jax.Array, *, tol, max_steps: in
     return carry, residual, steps, recorded
 
 
-def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
+def image_iteration(fn: Callable, z0: jax.Array, data: Any, update: Callable, *, tol: ArrayLike,
                     max_steps: int, trace: bool = False) -> "SolverRun":
     """The loop of every one-evaluation-per-step iteration: ``z_{k+1} = update(z_k, S(z_k), k)``
     (fixed point, relaxed, anchored), stopping per sample on ``||z_k - S(z_k)|| <= tol``.
@@ -219,7 +229,8 @@ def image_iteration(fn: Callable, z0: jax.Array, data, update: Callable, *, tol,
     """
     apply = batched(fn, data)
 
-    def step(carry, _, active, k):
+    def step(carry: tuple[jax.Array, jax.Array], _: jax.Array, active: jax.Array,
+             k: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         z, image = carry
         z_new = freeze(active, update(z, image, k), z)
         image_new = freeze(active, apply(z_new), image)

@@ -12,11 +12,13 @@ image.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
+
+import jax
 
 from optjax.config import in_interval
 from optjax.engine.properties import MapProperty
-from optjax.solvers.base import Solver, image_iteration
+from optjax.solvers.base import Solver, SolverRun, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +37,15 @@ class FixedPoint(Solver):
             return "residual o(1/sqrt(k)) (an averaged map); linear when strongly convex"
         return None
 
-    def _validate(self):
+    def _validate(self) -> None:
         in_interval("FixedPoint", "relaxation", self.relaxation, 0.0, 1.0)
 
-    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+    def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
+                    anchor: jax.Array | None = None,
+                    value_and_map: Callable | None = None) -> SolverRun:
         alpha = self.relaxation
 
-        def update(z, image, k):
+        def update(z: jax.Array, image: jax.Array, k: jax.Array) -> jax.Array:
             return z + alpha * (image - z) if alpha != 1.0 else image
 
         return image_iteration(fn, z0, data, update, tol=tol, max_steps=max_steps,

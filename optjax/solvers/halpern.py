@@ -12,12 +12,13 @@ caller's ``z0``); one evaluation of :math:`S` per step.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
+import jax
 import jax.numpy as jnp
 
 from optjax.engine.properties import MapProperty
-from optjax.solvers.base import Solver, image_iteration
+from optjax.solvers.base import Solver, SolverRun, image_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +36,12 @@ class Halpern(Solver):
             return "residual <= 2 ||x_0 - x*|| / (k + 1); the fixed point nearest the anchor"
         return "converges (a contraction, beta_k -> 0); O(1/k) at best"
 
-    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+    def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
+                    anchor: jax.Array | None = None,
+                    value_and_map: Callable | None = None) -> SolverRun:
         u = jnp.zeros_like(z0) if anchor is None else anchor.astype(z0.dtype)
 
-        def update(z, image, k):
+        def update(z: jax.Array, image: jax.Array, k: jax.Array) -> jax.Array:
             beta = 1 / (k.astype(z.dtype) + 2)
             return image + beta * (u - image)
 

@@ -17,6 +17,7 @@ the number of steps and the number of evaluations of S.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from typing import Callable, NamedTuple
 
@@ -29,7 +30,7 @@ __all__ = ["load", "JaxoptRun", "fixed_point_iteration", "anderson"]
 
 
 @functools.cache
-def load():
+def load() -> types.ModuleType:
     """The jaxopt module, imported on first use; a ConfigError saying what to do when it is
     missing or fails to import (a jax release it does not support)."""
     try:
@@ -57,7 +58,7 @@ class JaxoptRun(NamedTuple):
 
 
 def fixed_point_iteration(
-    fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, tol, max_steps: int
+    fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, tol: float, max_steps: int
 ) -> JaxoptRun:
     """Plain iteration z <- fn(z) until ||fn(z) - z|| <= tol (jaxopt.FixedPointIteration)."""
     solver = load().FixedPointIteration(
@@ -81,7 +82,7 @@ def anderson(
     fn: Callable[[jax.Array], jax.Array],
     z0: jax.Array,
     *,
-    tol,
+    tol: float,
     max_steps: int,
     history: int,
     ridge: float,

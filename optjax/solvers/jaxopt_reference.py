@@ -12,8 +12,9 @@ optjax's batched loops; they are here to compare against, not for use.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
+import jax
 import jax.numpy as jnp
 
 from optjax.solvers import jaxopt_adapter
@@ -23,7 +24,7 @@ from optjax.solvers.base import Solver, SolverRun
 from optjax.solvers.fixed_point import FixedPoint
 
 
-def _int32(count):
+def _int32(count: Any) -> jax.Array:
     return jnp.asarray(count).astype(jnp.int32)
 
 
@@ -37,12 +38,14 @@ class JaxoptFixedPoint(Solver):
     def guarantee(cls, props: MapProperty) -> str | None:
         return FixedPoint.guarantee(props)  # the same iteration
 
-    def _validate(self):
+    def _validate(self) -> None:
         jaxopt_adapter.load()  # asked for: jaxopt must import, or say what to install
         require(not self.trace, "jaxopt's solvers keep no history: trace=True needs one of "
                 "optjax's own solvers")
 
-    def run(self, fn, z0, *, tol, max_steps, anchor=None, value_and_map=None) -> SolverRun:
+    def run(self, fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, tol: float,
+            max_steps: int, anchor: jax.Array | None = None,
+            value_and_map: Callable | None = None) -> SolverRun:
         out = jaxopt_adapter.fixed_point_iteration(fn, z0, tol=tol, max_steps=max_steps)
         # jaxopt does not keep S(point): the caller evaluates it (one more evaluation).
         return SolverRun(point=out.point, image=None, steps=_int32(out.steps),
@@ -59,7 +62,7 @@ class JaxoptAnderson(Solver):
 
     name: ClassVar[str] = "jaxopt_anderson"
 
-    def _validate(self):
+    def _validate(self) -> None:
         jaxopt_adapter.load()
         require(not self.trace, "jaxopt's solvers keep no history: trace=True needs one of "
                 "optjax's own solvers")
@@ -71,7 +74,9 @@ class JaxoptAnderson(Solver):
         )
         in_interval("JaxoptAnderson", "mixing", self.mixing, 0.0, 1.0)
 
-    def run(self, fn, z0, *, tol, max_steps, anchor=None, value_and_map=None) -> SolverRun:
+    def run(self, fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, tol: float,
+            max_steps: int, anchor: jax.Array | None = None,
+            value_and_map: Callable | None = None) -> SolverRun:
         out = jaxopt_adapter.anderson(fn, z0, tol=tol, max_steps=max_steps, history=self.history,
                                ridge=self.ridge, mixing=self.mixing)
         return SolverRun(point=out.point, image=out.image, steps=_int32(out.steps),

@@ -17,8 +17,9 @@ recovers the linear rate of the strongly convex case without knowing the modulus
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
+import jax
 import jax.numpy as jnp
 
 from optjax.config import require
@@ -39,16 +40,19 @@ class Nesterov(Solver):
     def guarantee(cls, props: MapProperty) -> str | None:
         return "F(x_k) - F* = O(1/k^2); linear with the restart when strongly convex"
 
-    def _validate(self):
+    def _validate(self) -> None:
         require(isinstance(self.restart, bool),
                 f"Nesterov.restart must be a bool, got {self.restart!r}")
 
-    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+    def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
+                    anchor: jax.Array | None = None,
+                    value_and_map: Callable | None = None) -> SolverRun:
         apply = batched(fn, data)
         batch = z0.shape[0]
         per_sample = lambda v: v.reshape((batch,) + (1,) * (z0.ndim - 1))  # noqa: E731
 
-        def measure(y, image, previous):
+        def measure(y: jax.Array, image: jax.Array,
+                    previous: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Residual and restart test of the point just evaluated, in one pass over y - S(y):
             # the restart fires on <y_k - S(y_k), x_{k+1} - x_k> > 0 (x_{k+1} = S(y_k)).
             gap, direction = flat(y - image), flat(image - previous)
@@ -57,7 +61,8 @@ class Nesterov(Solver):
 
         # Carry: y_k, S(y_k), x_{k+1} - x_k, t_k and the restart test. A stopped sample keeps
         # its y and image; the rest of its carry runs on unused.
-        def step(carry, _, active, k):
+        def step(carry: tuple[jax.Array, ...], _: jax.Array, active: jax.Array,
+                 k: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
             y, image, direction, t, fire = carry
             t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
             momentum = (t - 1.0) / t_new

@@ -49,7 +49,7 @@ image. It needs the problem's objective (``value_and_map``) and refuses problems
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -87,25 +87,28 @@ class SafeguardedAnderson(Solver):
     def guarantee(cls, props: MapProperty) -> str | None:
         return "F never increases; the residual tends to 0 (squared residuals summable)"
 
-    def _validate(self):
+    def _validate(self) -> None:
         validate_anderson("SafeguardedAnderson", self.history, self.ridge, self.mixing)
         in_interval("SafeguardedAnderson", "decrease", self.decrease, 0.0, 1.0)
         require(self.monitor is None or callable(self.monitor),
                 f"SafeguardedAnderson.monitor must be callable or None, got {self.monitor!r}")
 
-    def solve_batch(self, fn, z0, data, *, tol, max_steps, anchor=None, value_and_map=None):
+    def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
+                    anchor: jax.Array | None = None,
+                    value_and_map: Callable | None = None) -> SolverRun:
         self._require_objective(value_and_map)
         batch, shape, m = z0.shape[0], z0.shape[1:], self.history
         dtype = z0.dtype
-        evaluate_batch = batched(value_and_map, data)
+        evaluate_batch = batched(cast(Callable, value_and_map), data)  # not None: checked above
 
-        def evaluate(z):
+        def evaluate(z: jax.Array) -> tuple[jax.Array, jax.Array]:
             value, image = evaluate_batch(z.reshape((batch,) + shape))
             return value.astype(dtype), flat(image)
 
         eps = jnp.finfo(dtype).eps
 
-        def step(carry, residual, active, k):
+        def step(carry: tuple[Any, ...], residual: jax.Array, active: jax.Array,
+                 k: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
             history, point, image, value, plain_next = carry
             alpha = coefficients(history, jnp.minimum(k + 1, m), k % m, self.ridge)
             extrapolated = extrapolate(history, alpha, self.mixing)

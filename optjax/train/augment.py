@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 __all__ = ["Augmentation"]
 
@@ -37,13 +38,13 @@ class Augmentation:
     def active(self) -> bool:
         return bool(self.crop or self.flip)
 
-    def params(self, step, batch: int) -> tuple[jax.Array, jax.Array]:
+    def params(self, step: ArrayLike, batch: int) -> tuple[jax.Array, jax.Array]:
         """``(offsets, flips)`` of a batch of ``batch`` samples at ``step``: int32 crop offsets
         ``(batch, 2)`` in ``[0, 2 crop]`` (row, column; zeros without crop) and booleans
         ``(batch,)`` (all False without flip)."""
         base = jax.random.fold_in(jax.random.key(self.seed), step)
 
-        def draw(i):
+        def draw(i: jax.Array) -> tuple[jax.Array, jax.Array]:
             key_crop, key_flip = jax.random.split(jax.random.fold_in(base, i))
             offset = jax.random.randint(key_crop, (2,), 0, 2 * self.crop + 1, jnp.int32)
             flipped = jax.random.bernoulli(key_flip) if self.flip else jnp.zeros((), bool)
@@ -51,14 +52,14 @@ class Augmentation:
 
         return jax.vmap(draw)(jnp.arange(batch))
 
-    def __call__(self, x: jax.Array, step) -> jax.Array:
+    def __call__(self, x: jax.Array, step: ArrayLike) -> jax.Array:
         """The augmented batch ``x`` (``(B, H, W, C)``) of training step ``step``."""
         if not self.active:
             return x
         offsets, flips = self.params(step, x.shape[0])
         pad = self.crop
 
-        def one(image, offset, flipped):
+        def one(image: jax.Array, offset: jax.Array, flipped: jax.Array) -> jax.Array:
             if pad:
                 padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
                 start = (offset[0], offset[1], jnp.zeros((), offset.dtype))

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import numpy as np
@@ -24,6 +24,11 @@ import numpy as np
 from optjax.train.config import TrainConfig
 from optjax.train.identity import is_main_process
 from optjax.train.sharding import host_value as _host
+
+if TYPE_CHECKING:
+    from optjax.train.step import TrainState
+
+_T = TypeVar("_T")
 
 __all__ = ["CheckpointError", "Checkpoints"]
 
@@ -53,7 +58,7 @@ def _file_digest(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _describe(state) -> tuple[list[str], list[list[int]], list[str]]:
+def _describe(state: Any) -> tuple[list[str], list[list[int]], list[str]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(state)
     return ([jax.tree_util.keystr(p) for p, _ in flat], [list(np.shape(v)) for _, v in flat],
             [str(np.dtype(getattr(v, "dtype", np.asarray(v).dtype))) for _, v in flat])
@@ -84,7 +89,7 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str | pathlib.Path, config: TrainConfig, *, keep: int = 2,
-                 run_id: str | None = None):
+                 run_id: str | None = None) -> None:
         import orbax.checkpoint as ocp
 
         # orbax logs every save at INFO level; keep the training output readable.
@@ -107,7 +112,8 @@ class Checkpoints:
     def path(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
 
-    def save(self, state, *, epoch: int, extra: dict[str, Any] | None = None) -> pathlib.Path:
+    def save(self, state: TrainState, *, epoch: int,
+             extra: dict[str, Any] | None = None) -> pathlib.Path:
         """Write ``state`` as checkpoint number ``int(state.step)`` (replacing none: a step that
         already has a checkpoint is left as it is)."""
         step = int(_host(state.step))
@@ -218,7 +224,8 @@ class Checkpoints:
                 f"{self.directory} and run again, or resume the run they belong to in its own "
                 "--out-dir")
 
-    def restore(self, template, step: int | None = None, *, sharding=None):
+    def restore(self, template: _T, step: int | None = None, *,
+                sharding: jax.sharding.Sharding | None = None) -> tuple[_T, dict[str, Any]]:
         """The state saved at ``step`` (default: the latest), with the pytree structure of
         ``template`` (a freshly initialised state of the same model), placed with ``sharding``
         (default: on the default device)."""
@@ -254,7 +261,7 @@ class Checkpoints:
             restored.append(value)
         return jax.tree.unflatten(treedef, restored), meta
 
-    def _check_compatible(self, meta, template, step: int) -> None:
+    def _check_compatible(self, meta: dict[str, Any], template: Any, step: int) -> None:
         model = self.config.model_fields()
         # A checkpoint written before a model option existed was written with its default.
         saved = {**type(self.config)().model_fields(), **meta.get("model", {})}

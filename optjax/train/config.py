@@ -59,7 +59,10 @@ class TrainConfig(Config):
     and ``backward_tol``; ``certify`` (OptEq layers: None, the default, certifies in evaluation
     only, True every call, False never; see :mod:`optjax.nn.opteq`); ``lipschitz_margin``
     (0: off) trains for certified robustness at that L2 radius (the loss adds the margins that
-    certify it, :func:`optjax.nn.robustness.margin_offsets`; not for DEQ, which has no bound).
+    certify it, :func:`optjax.nn.robustness.margin_offsets`; not for DEQ, which has no bound);
+    ``jacobian_penalty`` (DEQ only; 0: off) adds that multiple of the Hutchinson estimate of
+    ``||J||_F^2 / d`` at the equilibrium to the loss (Bai et al. 2021;
+    :func:`optjax.deq.jacobian_frobenius`): OptEq's Jacobian is bounded by construction.
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
     ``warmup_epochs`` then ``schedule`` (cosine decay to 0, or constant); ``grad_clip`` (global
@@ -99,6 +102,7 @@ class TrainConfig(Config):
     backward_tol: float | None = None
     certify: bool | None = None
     lipschitz_margin: float = 0.0
+    jacobian_penalty: float = 0.0
     # optimisation
     epochs: int = 20
     batch_size: int = 64
@@ -164,6 +168,12 @@ class TrainConfig(Config):
         require(self.lipschitz_margin == 0 or self.family != "deq",
                 f"{name}.lipschitz_margin needs a Lipschitz bound, which the deq family does not "
                 "have; use opteq, deep_opteq, mondeq or explicit")
+        require(isinstance(self.jacobian_penalty, (int, float)) and self.jacobian_penalty >= 0,
+                f"{name}.jacobian_penalty must be a weight >= 0 (0: off), got "
+                f"{self.jacobian_penalty!r}")
+        require(self.jacobian_penalty == 0 or self.family == "deq",
+                f"{name}.jacobian_penalty regularises a DEQ's Jacobian; the {self.family} "
+                "family's is bounded by construction (set it to 0, or use family deq)")
         if self.anderson_ridge is not None:
             in_interval(name, "anderson_ridge", self.anderson_ridge, 0.0, 1e6)
         in_interval(name, "learning_rate", self.learning_rate, 0.0, 10.0)
@@ -186,7 +196,8 @@ class TrainConfig(Config):
 
 
 #: The model: its parameter layout and what its weights mean.
-MODEL_FIELDS = ("dataset", "family", "kind", "width", "head_units", "activation")
+MODEL_FIELDS = ("dataset", "family", "kind", "width", "head_units", "activation",
+                "jacobian_penalty")
 #: What a step number means: the batch of step s comes from (seed, epoch) and the position in
 #: an epoch of num_train // batch_size steps.
 DATA_ORDER_FIELDS = ("train_subset", "batch_size", "seed")
@@ -199,6 +210,7 @@ _FIXED_REASONS = {
     "family": "the parameter layout", "kind": "the parameter layout",
     "width": "the parameter layout", "head_units": "the parameter layout",
     "activation": "the function the trained weights compute",
+    "jacobian_penalty": "the loss, and the layer's random stream in the checkpoint",
     "train_subset": "which samples an epoch holds, so what a step number means",
     "batch_size": "the number of steps per epoch, so what a step number means",
     "seed": "the data order of every epoch (and the augmentation)",

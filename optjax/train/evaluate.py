@@ -8,11 +8,12 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from optjax.config import ConfigError
 from optjax.train import sharding
@@ -20,7 +21,8 @@ from optjax.train.checkpoint import CheckpointError, Checkpoints
 from optjax.train.config import TrainConfig
 from optjax.train.identity import read_run_id
 from optjax.train.metrics import json_safe
-from optjax.train.run import prepare
+from optjax.train.run import Run, prepare
+from optjax.train.step import TrainState
 
 __all__ = ["EvalReport", "evaluate_split", "summarize"]
 
@@ -94,8 +96,8 @@ class EvalReport:
         return path
 
 
-def evaluate_split(eval_step, state, x: np.ndarray, y: np.ndarray, batch_size: int,
-                   mesh) -> dict[str, np.ndarray]:
+def evaluate_split(eval_step: Callable, state: TrainState, x: np.ndarray, y: np.ndarray,
+                   batch_size: int, mesh: Mesh) -> dict[str, np.ndarray]:
     """Per-sample outputs of ``eval_step`` over all of ``(x, y)``: the last batch is padded
     (and the padding dropped), batches are sharded over ``mesh``."""
     devices = mesh.devices.size
@@ -145,7 +147,8 @@ def summarize(per_sample: dict[str, np.ndarray], *, step: int | None = None,
 
 
 def restore(out_dir: str | pathlib.Path, *, step: int | None = None,
-            data_dir: str | None = None, batch_size: int | None = None):
+            data_dir: str | None = None,
+            batch_size: int | None = None) -> tuple[Run, TrainState, dict[str, Any]]:
     """``(run, state, meta)``: the prepared run of the checkpoint in ``out_dir`` (the latest, or
     ``step``), with the configuration it was trained with, and its restored state."""
     if batch_size is not None and batch_size < 1:
@@ -165,7 +168,8 @@ def restore(out_dir: str | pathlib.Path, *, step: int | None = None,
     if run_id is not None and meta.get("run_id") != run_id:
         probe.check_run(run_id)
     try:
-        config = TrainConfig.from_dict(meta.get("config"))
+        # a missing record (None) is refused by from_dict with a ConfigError, caught below
+        config = TrainConfig.from_dict(meta.get("config"))  # type: ignore[arg-type]
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint {probe.path(chosen)} has an unusable configuration "
                               f"record ({err})") from None
@@ -181,7 +185,7 @@ def restore(out_dir: str | pathlib.Path, *, step: int | None = None,
     return run, state, meta
 
 
-def _split_data(run, split: str):
+def _split_data(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
     return (run.data.x_test, run.data.y_test) if split == "test" else \
@@ -202,9 +206,11 @@ def evaluate(out_dir: str | pathlib.Path, *, step: int | None = None, split: str
                      step=int(meta["step"]), epoch=int(meta["epoch"]))
 
 
-def evaluate_robustness(out_dir: str | pathlib.Path, epsilons, *, step: int | None = None,
-                        split: str = "test", samples: int | None = 1000, pgd_steps: int = 100,
-                        data_dir: str | None = None, batch_size: int | None = None) -> dict:
+def evaluate_robustness(out_dir: str | pathlib.Path, epsilons: Iterable[float], *,
+                        step: int | None = None, split: str = "test",
+                        samples: int | None = 1000, pgd_steps: int = 100,
+                        data_dir: str | None = None,
+                        batch_size: int | None = None) -> dict[str, Any]:
     """Certified and empirical (L2 PGD) robust accuracy of a run's checkpoint at each of
     ``epsilons`` (:func:`optjax.nn.robustness.robust_accuracy`), on the first ``samples``
     images of ``split`` (None: all). Returns its dict with ``step``, ``samples`` and

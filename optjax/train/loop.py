@@ -23,11 +23,12 @@ import dataclasses
 import io
 import json
 import math
+import pathlib
 import shutil
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Literal, cast
 
 import jax
 import numpy as np
@@ -56,23 +57,23 @@ class _StopOnInterrupt:
     KeyboardInterrupt; a second Ctrl-C interrupts at once. Installed only in the main thread
     (where Python runs signal handlers); the previous handler is restored on exit."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
         self._installed = False
-        self._previous = None
+        self._previous: Any = None  # the handler to restore
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self):
+    def __enter__(self) -> _StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._installed:
             previous = self._previous
             signal.signal(signal.SIGINT,
@@ -120,7 +121,7 @@ def _resume_hint() -> str:
             f"{flags(OUTPUT_FIELDS)}), not of {flags(fixed_on_resume())}")
 
 
-def _resumed_identity(out, checkpoints: Checkpoints) -> str:
+def _resumed_identity(out: pathlib.Path, checkpoints: Checkpoints) -> str:
     """The id of the run to resume: the one in run.json, else its latest checkpoint's;
     checkpoints and metrics of another run are refused."""
     latest = checkpoints.latest_step()
@@ -130,7 +131,7 @@ def _resumed_identity(out, checkpoints: Checkpoints) -> str:
             "--out-dir at the run to continue")
     run_id = read_run_id(out)
     if run_id is None:  # a run directory moved without its run.json: adopt its checkpoints'
-        run_id = checkpoints.read_meta(latest).get("run_id")
+        run_id = cast(str, checkpoints.read_meta(latest).get("run_id"))  # saved by train()
     checkpoints.check_run(run_id)
     check_run(out / "metrics.jsonl", run_id)
     return run_id
@@ -175,7 +176,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if resume:  # everything about the checkpoints is checked before data and model are loaded
         checkpoints = Checkpoints(ckpt_dir, config, keep=config.keep_checkpoints)
         run_id = checkpoints.run_id = _resumed_identity(out, checkpoints)
-        saved = checkpoints.read_meta(checkpoints.latest_step()).get("config", {})
+        latest = cast(int, checkpoints.latest_step())  # not None: _resumed_identity checked
+        saved = checkpoints.read_meta(latest).get("config", {})
         changed = resume_changes(saved, config)
     else:
         run_id = new_run_id()
@@ -280,7 +282,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     return TrainResult(config, state, records, report, paths, ending, run, run_id, tuple(changed))
 
 
-def _divergence(metrics: dict[str, float], step: int, saved, out) -> str:
+def _divergence(metrics: dict[str, float], step: int, saved: pathlib.Path,
+                out: pathlib.Path) -> str:
     if math.isnan(metrics["steps"]):
         solves = "the model has no equilibrium layer"
     else:
@@ -302,7 +305,8 @@ def _accumulate(sums: dict[str, float], key: str, value: float) -> None:
         sums[key] = sums.get(key, 0.0) + value
 
 
-def _end_epoch(run: Run, state, epoch: int, step: int, sums, count: int, seconds: float):
+def _end_epoch(run: Run, state: TrainState, epoch: int, step: int, sums: dict[str, float],
+               count: int, seconds: float) -> dict[str, Any]:
     record = dict(epoch=epoch, step=step, time=seconds)
     for k in _STEP_METRICS:
         record[k] = sums[k] if k in _MAXIMA else sums[k] / count
@@ -314,7 +318,8 @@ def _end_epoch(run: Run, state, epoch: int, step: int, sums, count: int, seconds
     return record
 
 
-def _finish(run: Run, state, log: MetricsLog, reporter: Reporter, paths):
+def _finish(run: Run, state: TrainState, log: MetricsLog, reporter: Reporter,
+            paths: dict[str, Any]) -> tuple[EvalReport, dict[str, Any]]:
     config = run.config
     out = config.out_path
     step = int(sharding.host_value(state.step))

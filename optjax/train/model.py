@@ -3,13 +3,14 @@ statistics every family reports in the same form."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 from flax import nnx
 
 from optjax.engine import backward as _backward
 from optjax import solvers as _solvers
+from optjax.engine.result import SolveInfo
 from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train.config import TrainConfig
 
@@ -27,7 +28,7 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
     if mode == "phantom":
         backward = _backward.get("phantom", steps=config.backward_steps)
     else:
-        options = {"max_steps": config.backward_steps}
+        options: dict[str, Any] = {"max_steps": config.backward_steps}
         if config.backward_tol is not None:
             options["tol"] = config.backward_tol
         backward = _backward.get(mode, **options)
@@ -43,10 +44,13 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
         options["rho"] = config.rho
     if config.family == "opteq":
         options["certify"] = config.certify
+    if config.jacobian_penalty:
+        options["jacobian_penalty"] = True
     return options
 
 
-def build_model(config: TrainConfig, input_shape, num_classes: int) -> ImplicitClassifier:
+def build_model(config: TrainConfig, input_shape: Sequence[int],
+                num_classes: int) -> ImplicitClassifier:
     """A fresh classifier; its initialisation depends only on ``config.seed``."""
     return ImplicitClassifier(config.family, config.kind, input_shape, num_classes, config.width,
                               rngs=nnx.Rngs(config.seed), head_units=config.head_units,
@@ -56,7 +60,7 @@ def build_model(config: TrainConfig, input_shape, num_classes: int) -> ImplicitC
 STAT_NAMES = ("steps", "residual", "converged", "suboptimality_bound")
 
 
-def solve_stats(info, batch: int) -> dict[str, jnp.ndarray]:
+def solve_stats(info: SolveInfo | None, batch: int) -> dict[str, jnp.ndarray]:
     """Per-sample ``steps``, ``residual``, ``converged`` (0/1) and ``suboptimality_bound``
     (``F(z) - F* <= r^2 / 2 mu``: infinite where nothing is certified, e.g. DEQ) from the
     :class:`optjax.SolveInfo` of a call, for every family (``logits, info = model(x,

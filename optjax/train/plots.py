@@ -14,7 +14,7 @@ __all__ = ["save_plots", "PLOTS"]
 PLOTS = ("loss.png", "accuracy.png", "forward_steps.png", "certificate.png")
 
 
-def _pyplot():
+def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -41,7 +41,7 @@ def save_plots(records: Sequence[dict[str, Any]], bounds: np.ndarray | None,
     e = np.array([r["epoch"] + 1 for r in epochs])
     paths = []
 
-    def finish(fig, ax, name, xlabel, ylabel, title):
+    def finish(fig: Any, ax: Any, name: str, xlabel: str, ylabel: str, title: str) -> None:
         if xlabel == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeElapsedColumn)
 from rich.table import Table
 
 __all__ = ["Reporter", "summary_table", "format_metrics"]
@@ -49,14 +50,14 @@ class Reporter:
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"),
                 console=self.console, transient=True)
-        self._task = None
+        self._task: TaskID | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> Reporter:
         if self._progress is not None:
             self._progress.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -79,7 +80,7 @@ class Reporter:
             f"{_num(100 * record.get('test_accuracy', math.nan), '.2f')}% | "
             f"{record['time']:.1f} s")
 
-    def print(self, *args, **kwargs) -> None:
+    def print(self, *args: Any, **kwargs: Any) -> None:
         console = self.console
         kwargs.setdefault("soft_wrap", not console.is_terminal)
         widest = max((_natural_width(console, a) for a in args if not isinstance(a, str)),
@@ -95,7 +96,7 @@ class Reporter:
             console.width = width
 
 
-def _natural_width(console: Console, renderable) -> int:
+def _natural_width(console: Console, renderable: Any) -> int:
     """The width ``renderable`` takes when nothing limits it."""
     return Measurement.get(console, console.options.update_width(10_000), renderable).maximum
 

@@ -12,6 +12,7 @@ from typing import Any
 from optjax import data as _data
 from optjax.config import ConfigError
 from optjax.nn.base import param_count
+from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train import sharding
 from optjax.train.augment import Augmentation
 from optjax.train.config import TrainConfig
@@ -38,7 +39,8 @@ class Run:
     train_step: Any
     eval_step: Any
 
-    def model(self, state: TrainState | None = None, *, training: bool = False):
+    def model(self, state: TrainState | None = None, *,
+              training: bool = False) -> ImplicitClassifier:
         """The NNX model holding ``state``'s weights (default: the initial state)."""
         state = self.state if state is None else state
         return self.parts.merge(state.params, state.rest, training=training)
@@ -68,5 +70,5 @@ def prepare(config: TrainConfig) -> Run:
     state = sharding.replicate(mesh, init_state(params, rest, tx))
     augment = Augmentation(config.seed, config.augment_crop, config.augment_flip)
     return Run(config, data, parts, state, tx, schedule, mesh, steps_per_epoch, num_params,
-               make_train_step(parts, tx, schedule, mesh, augment,
-                                   config.lipschitz_margin), make_eval_step(parts, mesh))
+               make_train_step(parts, tx, schedule, mesh, augment, config.lipschitz_margin,
+                               config.jacobian_penalty), make_eval_step(parts, mesh))

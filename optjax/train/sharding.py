@@ -8,6 +8,8 @@ own devices hold (:func:`process_rows`) and :func:`global_batch` assembles the g
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -56,7 +58,7 @@ def global_batch(mesh: Mesh, *local: np.ndarray) -> tuple[jax.Array, ...]:
     return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in local)
 
 
-def host_value(leaf) -> np.ndarray:
+def host_value(leaf: Any) -> np.ndarray:
     """A replicated array's value as numpy: this process's copy (every device holds all of it,
     so this works on several hosts, where ``np.asarray`` of a global array would not)."""
     if isinstance(leaf, jax.Array):
@@ -64,6 +66,6 @@ def host_value(leaf) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def replicate(mesh: Mesh, tree):
+def replicate(mesh: Mesh, tree: Any) -> Any:
     """Place every leaf of ``tree`` on all devices."""
     return jax.device_put(tree, replicated(mesh))

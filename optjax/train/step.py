@@ -12,14 +12,16 @@ and restored exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from optjax.engine.equilibrium import backward_probe
+from optjax.engine.result import BackwardStats
 from optjax.nn.base import SolveStat
 from optjax.nn.robustness import margin_offsets
 from optjax.train import sharding
@@ -52,12 +54,12 @@ class ModelParts:
     eval_graph: nnx.GraphDef
     stats: nnx.State
 
-    def merge(self, params, rest, *, training: bool):
+    def merge(self, params: nnx.State, rest: nnx.State, *, training: bool) -> Any:
         graph = self.graph if training else self.eval_graph
         return nnx.merge(graph, params, self.stats, rest, copy=True)
 
 
-def _split(model):
+def _split(model: nnx.Module) -> tuple[Any, ...]:  # (graph, params, stats, rest)
     return nnx.split(model, nnx.Param, SolveStat, ...)
 
 
@@ -71,7 +73,8 @@ def split_model(model: nnx.Module) -> tuple[ModelParts, nnx.State, nnx.State]:
     return ModelParts(graph, eval_graph, stats), params, rest
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+def make_optimizer(config: TrainConfig,
+                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(tx, schedule)``: AdamW with linear warm-up then cosine decay (or constant) of the
     learning rate, after an optional global-norm clip of the gradient.
 
@@ -92,27 +95,37 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return optax.chain(clip, adamw), schedule
 
 
-def init_state(params, rest, tx) -> TrainState:
+def init_state(params: nnx.State, rest: nnx.State, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rest=rest)
 
 
-def _forward(parts: ModelParts, params, rest, x, y, training: bool, probe=None,
-             lipschitz_margin: float = 0.0):
+def _forward(parts: ModelParts, params: nnx.State, rest: nnx.State, x: jax.Array, y: jax.Array,
+             training: bool, probe: BackwardStats | None = None, lipschitz_margin: float = 0.0,
+             jacobian_penalty: float = 0.0
+             ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], nnx.State]:
     model = parts.merge(params, rest, training=training)
-    logits, info = model(x, return_info=True, backward_probe=probe)
+    if jacobian_penalty > 0 and training:  # the DEQ layer sows its Jacobian estimate
+        (logits, info), sown = nnx.capture(model, nnx.Intermediate)(
+            x, return_info=True, backward_probe=probe)
+        (jacobian,) = jax.tree.leaves(sown)  # (batch,): the layer's one call
+    else:
+        logits, info = model(x, return_info=True, backward_probe=probe)
+        jacobian = None
     scored = logits.astype(jnp.float32)
     if lipschitz_margin > 0:  # the loss asks for margins that certify this radius
         scored = scored + margin_offsets(model, y, lipschitz_margin).astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(scored, y)
+    if jacobian is not None:
+        losses = losses + jacobian_penalty * jacobian.astype(jnp.float32)
     stats = solve_stats(info, x.shape[0])
     new_rest = _split(model)[3]
     return losses, logits, stats, new_rest
 
 
-def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
-                    augment: Augmentation | None = None,
-                    lipschitz_margin: float = 0.0) -> Callable:
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: Callable,
+                    mesh: Mesh, augment: Augmentation | None = None,
+                    lipschitz_margin: float = 0.0, jacobian_penalty: float = 0.0) -> Callable:
     """``step(state, x, y) -> (state, metrics)``, jit-compiled with the batch sharded over
     ``mesh`` and the state replicated; ``augment`` (if given) transforms ``x`` first, drawn from
     ``state.step``. Metrics (scalars): loss, accuracy, learning_rate, grad_norm, forward steps
@@ -120,15 +133,20 @@ def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
     and max and converged share, read from an :func:`optjax.backward_probe` (all NaN for a
     model without an equilibrium layer). ``lipschitz_margin`` > 0: the loss is the
     cross-entropy of the logits plus :func:`optjax.nn.robustness.margin_offsets` (training for
-    certified radius ``lipschitz_margin``)."""
+    certified radius ``lipschitz_margin``). ``jacobian_penalty`` > 0 (a DEQ built with
+    ``jacobian_penalty=True``): each sample's loss adds that multiple of its
+    :func:`optjax.deq.jacobian_frobenius` estimate, captured from the layer."""
 
-    def loss_fn(params, probe, rest, x, y):
+    def loss_fn(params: nnx.State, probe: BackwardStats, rest: nnx.State, x: jax.Array,
+                y: jax.Array) -> tuple[jax.Array, tuple[Any, ...]]:
         losses, logits, stats, new_rest = _forward(parts, params, rest, x, y, training=True,
                                                    probe=probe,
-                                                   lipschitz_margin=lipschitz_margin)
+                                                   lipschitz_margin=lipschitz_margin,
+                                                   jacobian_penalty=jacobian_penalty)
         return losses.mean(), (logits, stats, new_rest)
 
-    def step(state: TrainState, x, y):
+    def step(state: TrainState, x: jax.Array,
+             y: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         if augment is not None and augment.active:
             x = augment(x, state.step)
         probe = backward_probe(x.shape[0])
@@ -160,11 +178,11 @@ def make_train_step(parts: ModelParts, tx, schedule: Callable, mesh,
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl))
 
 
-def make_eval_step(parts: ModelParts, mesh) -> Callable:
+def make_eval_step(parts: ModelParts, mesh: Mesh) -> Callable:
     """``evaluate(state, x, y) -> per-sample dict`` (loss, correct, prediction and the
     :func:`solve_stats`), in evaluation mode (the power-iteration state is not updated)."""
 
-    def evaluate(state: TrainState, x, y):
+    def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         losses, logits, stats, _ = _forward(parts, state.params, state.rest, x, y, training=False)
         prediction = jnp.argmax(logits, -1)
         return dict(loss=losses, correct=(prediction == y).astype(jnp.float32),

@@ -253,3 +253,36 @@ def test_bad_arguments():
         DEQDense(4, 6, activation="nope", rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match="solver"):
         DEQDense(4, 6, solver="newton", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda rngs: (DEQDense(6, 5, activation="tanh", jacobian_penalty=True, rngs=rngs), (3, 6)),
+    lambda rngs: (DEQConv(2, 3, activation="tanh", jacobian_penalty=True, rngs=rngs), (3, 4, 4, 2)),
+], ids=["dense", "conv"])
+def test_the_jacobian_penalty_is_sown_in_training_and_lowers_under_its_gradient(make):
+    """With jacobian_penalty=True the layer sows one estimate per sample in training mode
+    (captured the Flax way, nnx.capture), fresh probes each call, none in evaluation mode; a
+    few gradient steps on the penalty alone lower it (the same probes before and after)."""
+    layer, shape = make(nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    forward = nnx.capture(layer, nnx.Intermediate)
+    _, sown = forward(x)
+    (first,) = jax.tree.leaves(sown)
+    assert first.shape == (3,) and np.all(np.asarray(first) > 0)
+    _, again = forward(x)
+    assert not np.allclose(np.asarray(jax.tree.leaves(again)[0]), np.asarray(first))
+    layer.eval()
+    _, none = forward(x)
+    assert jax.tree.leaves(none) == []
+    layer.train()
+
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def penalty(params):
+        model = nnx.merge(graphdef, params, rest, copy=True)  # same probes every call
+        return jnp.mean(jax.tree.leaves(nnx.capture(model, nnx.Intermediate)(x)[1])[0])
+
+    before = float(penalty(params))
+    for _ in range(5):
+        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(penalty)(params))
+    assert float(penalty(params)) < 0.8 * before

@@ -1,8 +1,11 @@
 """Building the model of a configuration; solve statistics in one form for every family."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+import chex
 
 import optjax
 from optjax.train.config import TrainConfig
@@ -83,3 +86,43 @@ def test_the_train_step_reports_the_backward_solve(family, backward):
     else:
         assert 1 <= got["backward_steps"] <= got["backward_steps_max"] <= 40, got
         assert got["backward_converged"] == 1.0, got
+
+
+def test_the_jacobian_penalty_enters_the_deq_training_loss_only():
+    """TrainConfig.jacobian_penalty: refused for the families whose Jacobian is bounded by
+    construction; for a DEQ the training loss exceeds the one without the penalty (same
+    parameters, same batch) by the weight times the layer's sown estimate, and evaluation is
+    unchanged."""
+    from optjax.config import ConfigError
+    from optjax.train import sharding
+    from optjax.train.step import (_forward, init_state, make_optimizer, make_train_step,
+                                   split_model)
+
+    for family in ("opteq", "deep_opteq", "mondeq", "explicit"):
+        with pytest.raises(ConfigError, match="bounded by construction"):
+            TrainConfig(family=family, jacobian_penalty=1.0)
+    with pytest.raises(ConfigError, match="jacobian_penalty must be a weight >= 0"):
+        TrainConfig(family="deq", jacobian_penalty=-1.0)
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, size=4))
+    config = TrainConfig(family="deq", kind="dense", width=4, max_steps=30, jacobian_penalty=2.0)
+    parts, params, rest = split_model(build_model(config, (8, 8, 1), 10))
+    with_penalty = _forward(parts, params, rest, x, y, True, jacobian_penalty=2.0)[0]
+    plain = split_model(build_model(config.replace(jacobian_penalty=0.0), (8, 8, 1), 10))
+    chex.assert_trees_all_equal(plain[1], params)  # the same initial parameters
+    without = _forward(*plain, x, y, True)[0]
+    gap = np.asarray(with_penalty - without)
+    assert np.all(gap > 0)
+    layer = parts.merge(params, rest, training=True).layer
+    inputs = x.reshape(4, -1)
+    _, sown = nnx.capture(layer, nnx.Intermediate)(inputs)
+    np.testing.assert_allclose(gap, 2.0 * np.asarray(jax.tree.leaves(sown)[0]), rtol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(_forward(parts, params, rest, x, y, False, jacobian_penalty=2.0)[0]),
+        np.asarray(_forward(parts, params, rest, x, y, False)[0]))
+    tx, schedule = make_optimizer(config, 10)
+    step = make_train_step(parts, tx, schedule, sharding.data_mesh(), jacobian_penalty=2.0)
+    state, metrics = step(init_state(params, rest, tx), x, y)
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1

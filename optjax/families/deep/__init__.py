@@ -48,6 +48,18 @@ system is solved with GMRES (default) or fixed-point iteration, not conjugate gr
 
 States are handled per sample as one flat vector :math:`(s_1, \dots, s_L)` (each layer
 raveled); :func:`equilibrium` returns them split per layer, in their shapes.
+
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> import optjax
+  >>> k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  >>> A1 = jax.random.normal(k1, (6, 4))                 # layer 1 (4 units) -> layer 2 (6)
+  >>> couplings = optjax.deep.normalize([A1], rho=0.9)   # ||A_(l-1)|| + ||A_l|| <= 0.9
+  >>> U = jax.random.normal(k2, (4, 3))
+  >>> problem = optjax.deep.DeepProblem(couplings, U, sweep="gauss_seidel")
+  >>> states, info = optjax.deep.equilibrium(problem, jax.random.normal(k3, (2, 3)))
+  >>> [s.shape for s in states], bool(info.converged.all())
+  ([(2, 4), (2, 6)], True)
 """
 
 from optjax.families.deep.normalization import (convexity_margin, coupling_norms, normalization_scales,

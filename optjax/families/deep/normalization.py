@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from optjax.config import require
 from optjax.linalg import linear_map
@@ -46,7 +47,8 @@ def convexity_margin(problem: DeepProblem) -> jax.Array:
     return 1.0 - jnp.max(layer_sums(norms))
 
 
-def normalize(couplings: Sequence[Any], rho: float = 0.95, norms=None) -> tuple:
+def normalize(couplings: Sequence[Any], rho: float = 0.95,
+              norms: ArrayLike | None = None) -> tuple:
     r"""Rescale the couplings so that :math:`\|A_{l-1}\| + \|A_l\| \le \rho` for every layer.
 
     With :math:`t_l = \min(1, \rho / (\|A_{l-1}\| + \|A_l\|))`, :math:`A_l` is multiplied by

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ __all__ = ["DeepProblem", "SWEEPS", "as_activation"]
 SWEEPS = ("jacobi", "gauss_seidel")
 
 
-def as_activation(act) -> _activations.Activation:
+def as_activation(act: _activations.Activation | str) -> _activations.Activation:
     """An :class:`optjax.Activation` from itself or its registry name."""
     if isinstance(act, _activations.Activation):
         return act
@@ -62,9 +62,11 @@ class DeepProblem(EquilibriumProblem):
     """
 
     couplings: tuple
-    input_weight: jax.Array | None
+    input_weight: Any
     biases: tuple | None = None
-    activations: tuple = dataclasses.field(default="relu", metadata=dict(static=True))
+    # a name or an Activation for every layer, made a tuple of Activations by __post_init__
+    activations: tuple[_activations.Activation, ...] = dataclasses.field(
+        default="relu", metadata=dict(static=True))  # type: ignore[arg-type]
     sweep: str = dataclasses.field(default="jacobi", metadata=dict(static=True))
     coupling_norms: jax.Array | None = None
     layer_shapes: tuple | None = dataclasses.field(default=None, metadata=dict(static=True))
@@ -78,7 +80,15 @@ class DeepProblem(EquilibriumProblem):
         "weights",
     }
 
-    def __post_init__(self):
+    if TYPE_CHECKING:  # the dataclass's __init__, with the sequences and names it converts
+        def __init__(self, couplings: Sequence[Any], input_weight: Any,
+                     biases: Sequence[Any] | None = None,
+                     activations: _activations.Activation | str | Sequence[
+                         _activations.Activation | str] = "relu",
+                     sweep: str = "jacobi", coupling_norms: jax.Array | None = None,
+                     layer_shapes: Sequence[Sequence[int]] | None = None) -> None: ...
+
+    def __post_init__(self) -> None:
         couplings = tuple(self.couplings)
         object.__setattr__(self, "couplings", couplings)
         num_layers = len(couplings) + 1
@@ -108,7 +118,7 @@ class DeepProblem(EquilibriumProblem):
         if all(is_array_like(leaf) for leaf in jax.tree_util.tree_leaves(self)):
             self._check_shapes()
 
-    def _check_shapes(self):
+    def _check_shapes(self) -> None:
         u = self.input_weight
         if u is not None and linear_map.is_dense(u) and u.ndim != 2:
             raise ValueError(f"input_weight U must be a 2-D (n_1, p) array or a linear map, got "
@@ -216,15 +226,15 @@ class DeepProblem(EquilibriumProblem):
             jax.lax.stop_gradient(linear_map.spectral_norm(self.input_weight))
         return jnp.where(margin > 0, u / jnp.where(margin > 0, margin, 1.0), jnp.inf)
 
-    def equilibrium_map(self):
+    def equilibrium_map(self) -> DeepMap:
         return DeepMap(self.activations, self.shapes, self.sweep == "gauss_seidel")
 
-    def parameters(self):
+    def parameters(self) -> tuple[tuple, tuple]:
         rest = [jnp.zeros(s, self.dtype) for s in self.shapes[1:]] if self.biases is None else \
             list(self.biases[1:])
         return (self.couplings, tuple(rest))
 
-    def sample_data(self, x, feature=None):
+    def sample_data(self, x: jax.Array, feature: jax.Array | None = None) -> jax.Array:
         u = self.input_weight
         if u is None:
             c1 = x
@@ -274,7 +284,8 @@ class DeepProblem(EquilibriumProblem):
                 "optjax.deep.normalize(couplings, rho).")
         super().validate(conditions)
 
-    def certificate(self, point, last, residual, params, data, conditions: Conditions):
+    def certificate(self, point: jax.Array, last: jax.Array, residual: jax.Array, params: tuple,
+                    data: jax.Array, conditions: Conditions) -> Certificate:
         frozen = jax.lax.stop_gradient
         point, params, data = frozen(point), frozen(params), frozen(data)
         m = frozen(conditions.modulus)
@@ -284,8 +295,8 @@ class DeepProblem(EquilibriumProblem):
         positive = m > 0
         safe = jnp.where(positive, m, 1.0)
         distance = jnp.where(positive, r_j / safe, jnp.inf)
-        if jacobi.has_penalties:
-            h = jax.vmap(jacobi.objective, in_axes=(0, None, 0))
+        if (objective := jacobi.objective) is not None:  # every layer has its penalty
+            h = jax.vmap(objective, in_axes=(0, None, 0))
             value, value_j = h(point, params, data), h(image, params, data)
             sub = jnp.maximum(value - value_j, 0.0) + (1.0 - safe) ** 2 * r_j**2 / (2 * safe)
             sub = jnp.where(positive, sub, jnp.inf)

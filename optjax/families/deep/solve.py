@@ -4,20 +4,21 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
 
 from optjax.config import ConfigError
 from optjax.engine.equilibrium import equilibrium as solve
+from optjax.engine.result import SolveInfo
 from optjax.families.deep.problem import SWEEPS, DeepProblem
 from optjax.families.deep.sweeps import DeepMap, split
 
 __all__ = ["batched_states", "states_of", "objective", "equilibrium"]
 
 
-def batched_states(problem: DeepProblem, s, batch: int | None) -> jax.Array:
+def batched_states(problem: DeepProblem, s: Any, batch: int | None) -> jax.Array:
     """Flat ``(B, state_size)`` states from a flat array or a list of per-layer arrays."""
     if isinstance(s, (list, tuple)):
         states = [jnp.asarray(v) for v in s]
@@ -43,7 +44,8 @@ def states_of(problem: DeepProblem, flat: jax.Array) -> list[jax.Array]:
             for p, shape in zip(split(problem.sizes, flat), problem.shapes)]
 
 
-def objective(problem: DeepProblem, s, x: jax.Array) -> jax.Array:
+def objective(problem: DeepProblem, s: jax.Array | Sequence[jax.Array],
+              x: jax.Array) -> jax.Array:
     """Per-sample H(s; x), shape ``(B,)``; ``s`` flat ``(B, state_size)`` or a list of
     per-layer arrays. ``+inf`` where some ``s_l`` leaves the domain of its penalty (e.g.
     ``s < 0`` for relu)."""
@@ -55,12 +57,14 @@ def objective(problem: DeepProblem, s, x: jax.Array) -> jax.Array:
             f"the objective needs the penalty f of every activation; {missing} have none "
             "(pass penalty= to optjax.activations.from_function)")
     map_fn = DeepMap(problem.activations, problem.shapes, False)
-    return jax.vmap(map_fn.objective, in_axes=(0, None, 0))(
+    h = cast(Callable, map_fn.objective)  # not None: every activation has its penalty
+    return jax.vmap(h, in_axes=(0, None, 0))(
         flat, problem.parameters(), problem.sample_data(x))
 
 
-def equilibrium(problem: DeepProblem, x: jax.Array, *, sweep: str | None = None, init=None,
-                **options) -> tuple[list[jax.Array], Any]:
+def equilibrium(problem: DeepProblem, x: jax.Array, *, sweep: str | None = None,
+                init: jax.Array | Sequence[jax.Array] | None = None,
+                **options: Any) -> tuple[list[jax.Array], SolveInfo]:
     """Solve the chain with :func:`optjax.equilibrium` and return ``([s_1, ..., s_L], info)``,
     ``s_l`` of shape ``(B,) + shape_l``, differentiable (implicitly) in the problem's arrays and
     ``x``.

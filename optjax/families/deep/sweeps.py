@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optjax.convex.activations import Activation
 from optjax.linalg import linear_map
 
 if TYPE_CHECKING:
@@ -26,12 +27,13 @@ def split(sizes: Sequence[int], s: jax.Array) -> list[jax.Array]:
     return list(jnp.split(s, np.cumsum(sizes)[:-1].tolist(), axis=-1))
 
 
-def unflatten(shapes, s):
+def unflatten(shapes: Sequence[tuple[int, ...]], s: jax.Array) -> list[jax.Array]:
     parts = split([math.prod(x) for x in shapes], s)
     return [p.reshape(shape) for p, shape in zip(parts, shapes)]
 
 
-def _pre_activation(couplings, terms, states, l, below):
+def _pre_activation(couplings: Sequence[Any], terms: list[jax.Array], states: list[jax.Array],
+                    l: int, below: Any) -> jax.Array:  # below: s_(l-1), None for l = 0
     pre = terms[l]
     if l > 0:
         pre = pre + linear_map.apply(couplings[l - 1], below)
@@ -40,7 +42,9 @@ def _pre_activation(couplings, terms, states, l, below):
     return pre
 
 
-def _sweep(activations, couplings, terms, states, gauss_seidel: bool):
+def _sweep(activations: Sequence[Activation], couplings: Sequence[Any], terms: list[jax.Array],
+           states: list[jax.Array], gauss_seidel: bool
+           ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One Jacobi or Gauss--Seidel update of all layers (one sample): the new states, the
     pre-activations used, and the feedback terms :math:`A_l^\top s_{l+1}` of the old states
     (both sweeps take them from the old states; the objective reuses them)."""
@@ -59,11 +63,13 @@ def _sweep(activations, couplings, terms, states, gauss_seidel: bool):
     return new, pres, feedback
 
 
-def energy(activations, couplings, terms, states) -> jax.Array:
+def energy(activations: Sequence[Activation], couplings: Sequence[Any], terms: list[jax.Array],
+           states: list[jax.Array]) -> jax.Array:
     """H for one sample."""
-    value = 0.0
-    for act, b, s in zip(activations, terms, states):
-        value = value + jnp.sum(act.penalty(s)) + 0.5 * jnp.sum(s * s) - jnp.sum(b * s)
+    value: Any = 0.0  # an array from the first layer on
+    for act, b, s in zip(activations, terms, states):  # H has every penalty (has_penalties)
+        value = (value + jnp.sum(act.penalty(s))  # type: ignore[misc]
+                 + 0.5 * jnp.sum(s * s) - jnp.sum(b * s))
     for l, a in enumerate(couplings):
         value = value - jnp.vdot(states[l + 1], linear_map.apply(a, states[l]))
     return value
@@ -74,29 +80,31 @@ class DeepMap:
     """The Jacobi or Gauss--Seidel map of a chain for the engine (hashable): ``map(z, params,
     c1)`` with ``params = (couplings, (b_2, ..., b_L))`` and flat ``z``."""
 
-    activations: tuple
-    shapes: tuple
+    activations: tuple[Activation, ...]
+    shapes: tuple[tuple[int, ...], ...]
     gauss_seidel: bool
 
     @property
     def has_penalties(self) -> bool:
         return all(a.penalty is not None for a in self.activations)
 
-    def _parts(self, z, params, c1):
+    def _parts(self, z: jax.Array, params: tuple,
+               c1: jax.Array) -> tuple[Any, list[jax.Array], list[jax.Array]]:
         couplings, rest = params
         terms = [c1] + [jnp.broadcast_to(b, s) for b, s in zip(rest, self.shapes[1:])]
         return couplings, terms, unflatten(self.shapes, z)
 
-    def __call__(self, z, params, c1):
+    def __call__(self, z: jax.Array, params: tuple, c1: jax.Array) -> jax.Array:
         couplings, terms, states = self._parts(z, params, c1)
         new, _, _ = _sweep(self.activations, couplings, terms, states, self.gauss_seidel)
         return jnp.concatenate([s.reshape(-1) for s in new]).astype(z.dtype)
 
     @property
-    def objective(self):
+    def objective(self) -> Callable[[jax.Array, tuple, jax.Array], jax.Array] | None:
         return self._objective if self.has_penalties else None
 
-    def jacobian_transpose(self, z, params, c1):
+    def jacobian_transpose(self, z: jax.Array, params: tuple,
+                           c1: jax.Array) -> Callable[[jax.Array], jax.Array]:
         r"""The map :math:`v \mapsto J^\top v` at ``z`` for one sample, from the couplings'
         adjoints (reverse-mode differentiation of a convolution's adjoint inside the backward
         loop is many times slower on XLA's CPU backend).
@@ -113,7 +121,7 @@ class DeepMap:
                   for act, pre in zip(self.activations, pres)]
         last = len(states) - 1
 
-        def apply(v):
+        def apply(v: jax.Array) -> jax.Array:
             vs = unflatten(self.shapes, v)
             if self.gauss_seidel:  # back-substitution for w, then L (D w)
                 w = list(vs)
@@ -130,11 +138,12 @@ class DeepMap:
 
         return apply
 
-    def _objective(self, z, params, c1):
+    def _objective(self, z: jax.Array, params: tuple, c1: jax.Array) -> jax.Array:
         couplings, terms, states = self._parts(z, params, c1)
         return energy(self.activations, couplings, terms, states)
 
-    def value_and_map(self, z, params, c1):
+    def value_and_map(self, z: jax.Array, params: tuple,
+                      c1: jax.Array) -> tuple[jax.Array, jax.Array]:
         r"""``(H(s), map(s))`` for one sample at the cost of one sweep: the coupling term of
         :math:`H` is :math:`\sum_l \langle s_l, A_l^\top s_{l+1}\rangle`, and the sweep
         computes every :math:`A_l^\top s_{l+1}` from the old states (Jacobi and Gauss--Seidel
@@ -142,9 +151,10 @@ class DeepMap:
         couplings, terms, states = self._parts(z, params, c1)
         new, _, feedback = _sweep(self.activations, couplings, terms, states, self.gauss_seidel)
         image = jnp.concatenate([s.reshape(-1) for s in new]).astype(z.dtype)
-        value = 0.0
-        for act, b, s in zip(self.activations, terms, states):
-            value = value + jnp.sum(act.penalty(s)) + 0.5 * jnp.sum(s * s) - jnp.sum(b * s)
+        value: Any = 0.0  # an array from the first layer on
+        for act, b, s in zip(self.activations, terms, states):  # (has_penalties)
+            value = (value + jnp.sum(act.penalty(s))  # type: ignore[misc]
+                     + 0.5 * jnp.sum(s * s) - jnp.sum(b * s))
         for s, up in zip(states, feedback):
             value = value - jnp.vdot(s, up)
         return value, image
@@ -163,7 +173,7 @@ def gauss_seidel_map(problem: DeepProblem, s: jax.Array, x: jax.Array) -> jax.Ar
     return _one_map(problem, s, x, gauss_seidel=True)
 
 
-def _one_map(problem, s, x, gauss_seidel):
+def _one_map(problem: DeepProblem, s: jax.Array, x: jax.Array, gauss_seidel: bool) -> jax.Array:
     if jnp.shape(s) != (problem.state_size,):
         raise ValueError(
             f"s must be one flat state of shape ({problem.state_size},) (layer shapes "

@@ -108,6 +108,19 @@ c))`, with the adjoints of :math:`A, B`.
 **Certificate**: for the returned :math:`x = \operatorname{relu}(W z + c)` one has
 :math:`W(z - x) \in G(x) + N_{\ge 0}(x)`, and :math:`G + N` is :math:`m`-strongly monotone, so
 :math:`\|x - z^\star\| \le \|W (z - x)\| / m` (the ``distance_bound``).
+
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> import optjax
+  >>> ka, kb, kx = jax.random.split(jax.random.PRNGKey(0), 3)
+  >>> A = 0.3 * jax.random.normal(ka, (4, 4))
+  >>> B = 0.3 * jax.random.normal(kb, (4, 4))     # W = (1 - m) I - A^T A + B - B^T
+  >>> problem = optjax.mondeq.MonDEQProblem(A, B, m=0.5, splitting="peaceman_rachford")
+  >>> z, info = optjax.equilibrium(problem, jax.random.normal(kx, (2, 4)))
+  >>> z.shape, bool(info.converged.all())
+  ((2, 4), True)
+  >>> bool((info.certificate.distance_bound < 1e-3).all())    # ||z - z*|| <= this
+  True
 """
 
 from optjax.families.mondeq.map import SPLITTINGS, AdjointSplitting, MonDEQMap

@@ -5,7 +5,7 @@ splitting of the backward system (the maths: :mod:`optjax.families.mondeq`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,16 +37,17 @@ class MonDEQMap:
     m: float
     splitting: str = "forward_backward"
 
-    def __call__(self, z, params, c):
+    def __call__(self, z: jax.Array, params: tuple, c: jax.Array) -> jax.Array:
         a, b = params[:2]
         return jax.nn.relu(apply_w(self.m, a, b, z) + c).astype(z.dtype)
 
-    def jacobian_transpose(self, z, params, c):
+    def jacobian_transpose(self, z: jax.Array, params: tuple,
+                           c: jax.Array) -> Callable[[jax.Array], jax.Array]:
         a, b = params[:2]
         active = (apply_w(self.m, a, b, z) + c > 0).astype(z.dtype)
         return lambda v: apply_w_transpose(self.m, a, b, active * v).astype(v.dtype)
 
-    def adjoint_splitting(self, z, params, c) -> "AdjointSplitting":
+    def adjoint_splitting(self, z: jax.Array, params: tuple, c: jax.Array) -> AdjointSplitting:
         """Peaceman--Rachford on the backward system at ``z`` (module docstring, *Backward*)."""
         if self.splitting != "peaceman_rachford":
             raise ConfigError("the adjoint splitting is Peaceman--Rachford's: use "
@@ -55,22 +56,23 @@ class MonDEQMap:
         active = (apply_w(self.m, a, b, z) + c > 0).astype(z.dtype)
         inverse_t = res.transposed()
 
-        def half(u, g):  # (u_half, w_half)
+        def half(u: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:  # (u_half, w_half)
             u_half = 2 * active * u - u
             return u_half, inverse_t(u_half + alpha * g)
 
-        def step(u, g):
+        def step(u: jax.Array, g: jax.Array) -> jax.Array:
             u_half, w_half = half(u, g)
             return 2 * w_half - u_half
 
-        def solution(u, g):  # v = g + W^T w_half: the bound below holds there
+        # v = g + W^T w_half: the bound below holds there
+        def solution(u: jax.Array, g: jax.Array) -> jax.Array:
             return g + apply_w_transpose(self.m, a, b, half(u, g)[1])
 
         w_norm = (1 + alpha + res.norm) / alpha
         scale = w_norm * 0.5 / jnp.minimum(alpha, 1.0) * MARGIN
         return AdjointSplitting(step, solution, scale)
 
-    def _scale(self, params, dtype):
+    def _scale(self, params: tuple, dtype: Any) -> jax.Array:
         """y = scale * (the splitting's variable): FB ``1 / min(alpha, 1)``, PR
         ``max(1, 1/alpha) / 2``, times ``1 + 2^-8``: the two residuals can be equal in exact
         arithmetic (FB where the active set is settled, PR where every component stays active),
@@ -81,7 +83,7 @@ class MonDEQMap:
             scale = 0.5 / jnp.minimum(params[2], 1.0)
         return (scale * MARGIN).astype(dtype)
 
-    def solve_map(self, y, params, c):
+    def solve_map(self, y: jax.Array, params: tuple, c: jax.Array) -> jax.Array:
         a, b, alpha = params[:3]
         scale = self._scale(params, y.dtype)
         if self.splitting == "forward_backward":
@@ -93,16 +95,16 @@ class MonDEQMap:
         return ((2 * z_half - u_half) * scale).astype(y.dtype)
 
     @staticmethod
-    def _half_step(u, params, c):
+    def _half_step(u: jax.Array, params: tuple, c: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Peaceman--Rachford's ``(u_half, z_half)`` from ``u``: ``u_half = 2 relu(u) - u``,
         ``z_half = M^{-1}(u_half + alpha c)``."""
         u_half = 2 * jax.nn.relu(u) - u
         return u_half, params[3](u_half + params[2] * c)
 
-    def solve_state(self, z, params, c):
+    def solve_state(self, z: jax.Array, params: tuple, c: jax.Array) -> jax.Array:
         return z * self._scale(params, z.dtype)
 
-    def equilibrium_point(self, y, params, c):
+    def equilibrium_point(self, y: jax.Array, params: tuple, c: jax.Array) -> jax.Array:
         point = y / self._scale(params, y.dtype)
         if self.splitting == "forward_backward":
             return point

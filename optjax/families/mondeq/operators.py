@@ -6,9 +6,11 @@ default steps (the maths: :mod:`optjax.families.mondeq`)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from optjax.linalg import linear_map
 from optjax.linalg.convolution import Conv2D
@@ -19,13 +21,13 @@ __all__ = ["apply_w", "apply_w_transpose", "Resolvent", "resolvent", "resolvent_
            "peaceman_rachford_step", "peaceman_rachford_parameters", "NO_RESOLVENT"]
 
 
-def apply_w(m, a, b, z):
+def apply_w(m: float, a: Any, b: Any, z: jax.Array) -> jax.Array:
     r""":math:`W z = (1 - m) z - A^\top A z + B z - B^\top z` for one sample."""
     return (1 - m) * z - linear_map.transpose(a, linear_map.apply(a, z)) \
         + linear_map.apply(b, z) - linear_map.transpose(b, z)
 
 
-def apply_w_transpose(m, a, b, v):
+def apply_w_transpose(m: float, a: Any, b: Any, v: jax.Array) -> jax.Array:
     r""":math:`W^\top v = (1 - m) v - A^\top A v + B^\top v - B v`."""
     return (1 - m) * v - linear_map.transpose(a, linear_map.apply(a, v)) \
         + linear_map.transpose(b, v) - linear_map.apply(b, v)
@@ -64,7 +66,7 @@ class Resolvent:
         return jnp.fft.irfft2(spectrum, s=self.spatial, axes=(0, 1)).astype(v.dtype)
 
 
-def resolvent_form(a, b) -> str | None:
+def resolvent_form(a: Any, b: Any) -> str | None:
     """``"dense"``, ``"fft"``, or None when :math:`M^{-1}` has no exact fast form here."""
     if linear_map.is_dense(a) and linear_map.is_dense(b):
         return "dense"
@@ -74,7 +76,7 @@ def resolvent_form(a, b) -> str | None:
     return None
 
 
-def i_minus_w(m: float, a, b):
+def i_minus_w(m: float, a: Any, b: Any) -> tuple[str, jax.Array]:
     r"""``(form, K)``: :math:`K = I - W = mI + A^\top A - B + B^\top` as a dense matrix, or per
     frequency of ``rfft2`` (``(H, W // 2 + 1, c, c)`` complex) for circular convolutions."""
     form = resolvent_form(a, b)
@@ -90,7 +92,7 @@ def i_minus_w(m: float, a, b):
     raise ValueError(NO_RESOLVENT.format(a=type(a).__name__, b=type(b).__name__))
 
 
-def resolvent(m: float, a, b, alpha) -> Resolvent:
+def resolvent(m: float, a: Any, b: Any, alpha: ArrayLike) -> Resolvent:
     r"""The exact resolvent :math:`(I + \alpha(I - W))^{-1}` of the monDEQ's linear part (no
     gradient), computed once: an explicit inverse for dense ``A, B``, one :math:`c \times c`
     inverse per frequency for circular :class:`~optjax.linalg.convolution.Conv2D` ``A, B`` (module
@@ -99,7 +101,7 @@ def resolvent(m: float, a, b, alpha) -> Resolvent:
     return resolvent_of(*i_minus_w(m, a, b), alpha, a)
 
 
-def resolvent_of(form: str, k: jax.Array, alpha, a) -> Resolvent:
+def resolvent_of(form: str, k: jax.Array, alpha: ArrayLike, a: Any) -> Resolvent:
     """:func:`resolvent` from ``(form, K)`` of :func:`i_minus_w` (``a`` gives dtype and grid)."""
     mat = jnp.eye(k.shape[-1], dtype=k.dtype) + alpha * k
     if form == "dense":
@@ -109,7 +111,7 @@ def resolvent_of(form: str, k: jax.Array, alpha, a) -> Resolvent:
     return Resolvent(one_by_one(jnp.linalg.inv, mat), norm, a.spatial)
 
 
-def norm_of(form: str, k: jax.Array, a) -> jax.Array:
+def norm_of(form: str, k: jax.Array, a: Any) -> jax.Array:
     r""":math:`\|K\|_2` exactly for ``(form, K)`` of :func:`i_minus_w` (dense: SVD; circular
     convolutions: the top singular value over the frequencies)."""
     if form == "dense":
@@ -117,19 +119,20 @@ def norm_of(form: str, k: jax.Array, a) -> jax.Array:
     return top_singular_value(k).astype(a.kernel.dtype)
 
 
-def exact_lipschitz(m: float, a, b) -> jax.Array:
+def exact_lipschitz(m: float, a: Any, b: Any) -> jax.Array:
     r""":math:`\|I - W\|_2` exactly, where :math:`M^{-1}` has an exact form."""
     return norm_of(*i_minus_w(m, a, b), a)
 
 
-def peaceman_rachford_step(m: float, a, b) -> jax.Array:
+def peaceman_rachford_step(m: float, a: Any, b: Any) -> jax.Array:
     r"""The default Peaceman--Rachford step :math:`\alpha = 1/\sqrt{m \|I - W\|_2}` (exact
     norm; no gradient; see the module docstring)."""
     a, b = jax.lax.stop_gradient((a, b))
     return 1.0 / jnp.sqrt(m * exact_lipschitz(m, a, b))
 
 
-def peaceman_rachford_parameters(m: float, a, b, step, dtype):
+def peaceman_rachford_parameters(m: float, a: Any, b: Any, step: ArrayLike | None,
+                                 dtype: DTypeLike) -> tuple[jax.Array, Resolvent]:
     """``(alpha, resolvent)`` with :math:`I - W` built once (``step=None``: the default step,
     from the same matrices as the resolvent). No gradient."""
     a, b, step = jax.lax.stop_gradient((a, b, step))
@@ -139,7 +142,8 @@ def peaceman_rachford_parameters(m: float, a, b, step, dtype):
     return alpha, resolvent_of(form, k, alpha, a)
 
 
-def lipschitz(m: float, a, b, shape, *, exact_max: int = 256, iterations: int = 50) -> jax.Array:
+def lipschitz(m: float, a: Any, b: Any, shape: tuple[int, ...], *, exact_max: int = 256,
+              iterations: int = 50) -> jax.Array:
     r""":math:`L = \|I - W\|_2`: exact (singular values of the dense matrix) for dense ``A, B``
     with ``d <= exact_max``, otherwise a power-iteration estimate (``iterations`` steps on
     :math:`(I - W)^\top (I - W)` from a fixed start; a lower bound)."""
@@ -150,7 +154,7 @@ def lipschitz(m: float, a, b, shape, *, exact_max: int = 256, iterations: int = 
     op_t = lambda v: v - apply_w_transpose(m, a, b, v)  # noqa: E731
     v = jax.random.normal(jax.random.PRNGKey(0), shape, linear_map.dtype(a))
 
-    def body(_, v):
+    def body(_: Any, v: jax.Array) -> jax.Array:
         w = op_t(op(v))
         return w / jnp.sqrt(jnp.sum(w * w))
 
@@ -158,7 +162,7 @@ def lipschitz(m: float, a, b, shape, *, exact_max: int = 256, iterations: int = 
     return jnp.sqrt(jnp.sum(op(v) ** 2))
 
 
-def step_size(m: float, a, b, shape, **options) -> jax.Array:
+def step_size(m: float, a: Any, b: Any, shape: tuple[int, ...], **options: int) -> jax.Array:
     r"""The default splitting step :math:`\alpha = m / L^2` (no gradient)."""
     a, b = jax.lax.stop_gradient((a, b))
     return m / lipschitz(m, a, b, shape, **options) ** 2

@@ -53,7 +53,7 @@ class MonDEQProblem(EquilibriumProblem):
     kind: ClassVar[str] = "mondeq"
     default_solver: ClassVar[str] = "fixed_point"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (isinstance(self.m, (int, float)) and not isinstance(self.m, bool) and self.m > 0):
             raise ConfigError(f"m must be a positive number (the monotonicity margin), got "
                               f"{self.m!r}")
@@ -78,15 +78,15 @@ class MonDEQProblem(EquilibriumProblem):
                                                   b=type(self.weight_b).__name__))
 
     @property
-    def state_shape(self):
+    def state_shape(self) -> tuple[int, ...]:
         return tuple(linear_map.in_shape(self.weight_a))
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         return injected_input_shape(self.input_weight, self.state_shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> jnp.dtype:
         return linear_map.dtype(self.weight_a)
 
     @property
@@ -96,8 +96,8 @@ class MonDEQProblem(EquilibriumProblem):
     @property
     def map_properties(self) -> MapProperty:
         r"""The iterated splitting is a contraction (in the Euclidean norm of its variable):
-        forward-backward with :math:`0 < lpha < 2m/L^2` by a factor
-        :math:`\sqrt{1 - 2lpha m + lpha^2 L^2}`, Peaceman--Rachford for any :math:`lpha > 0`
+        forward-backward with :math:`0 < \alpha < 2m/L^2` by a factor
+        :math:`\sqrt{1 - 2\alpha m + \alpha^2 L^2}`, Peaceman--Rachford for any :math:`\alpha > 0`
         (:math:`I - W` is :math:`m`-strongly monotone and :math:`L`-Lipschitz). :math:`W` is not
         symmetric: there is no objective."""
         return MapProperty.CONTRACTION | MapProperty.NONEXPANSIVE
@@ -111,15 +111,16 @@ class MonDEQProblem(EquilibriumProblem):
             jax.lax.stop_gradient(linear_map.spectral_norm(self.input_weight))
         return jnp.asarray(u / self.m, self.dtype)
 
-    def equilibrium_map(self):
+    def equilibrium_map(self) -> MonDEQMap:
         return MonDEQMap(float(self.m), self.splitting)
 
-    def _alpha(self):  # forward-backward's (Peaceman--Rachford's: peaceman_rachford_parameters)
+    # forward-backward's step (Peaceman--Rachford's: peaceman_rachford_parameters)
+    def _alpha(self) -> jax.Array:
         if self.step is not None:
             return self.step
         return step_size(self.m, self.weight_a, self.weight_b, self.state_shape)
 
-    def parameters(self):
+    def parameters(self) -> tuple:
         if self.splitting == "forward_backward":
             alpha = jax.lax.stop_gradient(jnp.asarray(self._alpha(), self.dtype))
             return (self.weight_a, self.weight_b, alpha)
@@ -133,7 +134,7 @@ class MonDEQProblem(EquilibriumProblem):
             return dataclasses.replace(self, step=jnp.asarray(self._alpha(), self.dtype))
         return self
 
-    def sample_data(self, x, feature=None):
+    def sample_data(self, x: jax.Array, feature: jax.Array | None = None) -> jax.Array:
         c = x if self.input_weight is None else x @ self.input_weight.T
         if self.bias is not None:
             c = c + self.bias
@@ -145,7 +146,8 @@ class MonDEQProblem(EquilibriumProblem):
         bits = jnp.where(bad, int(Defect.NONFINITE_PARAMETERS), 0).astype(jnp.int32)
         return Conditions(bits, jnp.asarray(self.m, dtype), jnp.asarray(jnp.nan, dtype))
 
-    def certificate(self, point, last, residual, params, data, conditions: Conditions):
+    def certificate(self, point: jax.Array, last: jax.Array, residual: jax.Array, params: tuple,
+                    data: Any, conditions: Conditions) -> Certificate:
         frozen = jax.lax.stop_gradient
         a, b = frozen(params[:2])
         gap = jax.vmap(lambda v: apply_w(self.m, a, b, v))(frozen(last - point))

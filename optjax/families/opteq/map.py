@@ -13,17 +13,22 @@ minimisers. The batched, public form is :func:`optjax.operator`.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from optjax.convex.activations import Activation
 from optjax.linalg import linear_map
+
+Precision = jax.lax.PrecisionLike
 
 __all__ = ["unit_operator", "equilibrium_map", "value_and_map", "jacobian_transpose", "EquilibriumMap"]
 
 
-def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=None,
-                  precision="highest") -> jax.Array:
+def unit_operator(weight: Any, activation: Callable[[jax.Array], jax.Array], z: jax.Array,
+                  c: jax.Array, compute_dtype: Any = None,
+                  precision: Precision = "highest") -> jax.Array:
     r""":math:`T(z) = W^\top \sigma(W z + c)` for one sample.
 
     With ``compute_dtype`` (mixed precision) the two products with W run in that dtype; the
@@ -32,8 +37,9 @@ def unit_operator(weight, activation, z: jax.Array, c: jax.Array, compute_dtype=
     return linear_map.transpose(weight, activation(pre), compute_dtype, precision)
 
 
-def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None,
-                    precision="highest") -> jax.Array:
+def equilibrium_map(activation: Callable[[jax.Array], jax.Array], z: jax.Array, params: Any,
+                    data: Any, compute_dtype: Any = None,
+                    precision: Precision = "highest") -> jax.Array:
     r""":math:`S(z) = \operatorname{prox}_R(T(z))` for one sample.
 
     ``params = (weight, prior)`` are shared by the batch; ``data = (c, feature)`` is per sample.
@@ -44,7 +50,9 @@ def equilibrium_map(activation, z: jax.Array, params, data, compute_dtype=None,
     return t if prior is None else prior.prox(t, feature)
 
 
-def value_and_map(activation, z, params, data, compute_dtype=None, precision="highest"):
+def value_and_map(activation: Activation, z: jax.Array, params: Any, data: Any,
+                  compute_dtype: Any = None,
+                  precision: Precision = "highest") -> tuple[jax.Array, jax.Array]:
     r""":math:`(F(z), S(z))` for one sample at the cost of one :math:`T`: the product
     :math:`W z + c` serves both :math:`\Phi` and :math:`\sigma`."""
     weight, prior = params
@@ -58,8 +66,9 @@ def value_and_map(activation, z, params, data, compute_dtype=None, precision="hi
     return value + prior.value(z, feature), prior.prox(t, feature)
 
 
-def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=None,
-                       precision="highest"):
+def jacobian_transpose(activation: Callable[[jax.Array], jax.Array], z: jax.Array, params: Any,
+                       data: Any, compute_dtype: Any = None,
+                       precision: Precision = "highest") -> Callable[[jax.Array], jax.Array]:
     r"""The map :math:`v \mapsto J_S(z)^\top v` for one sample, using the structure of T.
 
     :math:`J_T = W^\top D W` with :math:`D = \operatorname{diag}\sigma'(W z + c)` is symmetric,
@@ -79,7 +88,7 @@ def jacobian_transpose(activation, z: jax.Array, params, data, compute_dtype=Non
         t = linear_map.transpose(weight, activation(pre), compute_dtype, precision)
         _, prox_t = jax.vjp(lambda u: prior.prox(u, feature), t)
 
-    def apply(v):
+    def apply(v: jax.Array) -> jax.Array:
         u = v if prox_t is None else prox_t(v)[0]
         inner = linear_map.apply(weight, u, compute_dtype, precision)
         return linear_map.transpose(weight, slope * inner, compute_dtype, precision)
@@ -93,21 +102,22 @@ class EquilibriumMap:
     objective, the fused ``value_and_map`` and the structured :func:`jacobian_transpose`.
     Hashable (a static argument)."""
 
-    activation: object
-    compute_dtype: object = None
-    precision: object = "highest"
+    activation: Activation
+    compute_dtype: Any = None
+    precision: Precision = "highest"
 
-    def __call__(self, z, params, data):
+    def __call__(self, z: jax.Array, params: Any, data: Any) -> jax.Array:
         return equilibrium_map(self.activation, z, params, data, self.compute_dtype,
                                self.precision)
 
-    def objective(self, z, params, data):
+    def objective(self, z: jax.Array, params: Any, data: Any) -> jax.Array:
         return self.value_and_map(z, params, data)[0]
 
-    def value_and_map(self, z, params, data):
+    def value_and_map(self, z: jax.Array, params: Any, data: Any) -> tuple[jax.Array, jax.Array]:
         return value_and_map(self.activation, z, params, data, self.compute_dtype,
                              self.precision)
 
-    def jacobian_transpose(self, z, params, data):
+    def jacobian_transpose(self, z: jax.Array, params: Any,
+                           data: Any) -> Callable[[jax.Array], jax.Array]:
         return jacobian_transpose(self.activation, z, params, data, self.compute_dtype,
                                   self.precision)

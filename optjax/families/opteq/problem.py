@@ -15,14 +15,14 @@ prior adds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from optjax.convex import activations as _activations
 from optjax.convex.priors import Prior
-from optjax.engine.certificate import make_certificate
+from optjax.engine.certificate import Certificate, make_certificate
 from optjax.engine.numerics import finite_tree, is_array_like, is_concrete, rounding_slack
 from optjax.engine.properties import MapProperty
 from optjax.engine.problem import (Conditions, Defect, EquilibriumProblem, NonconvexError,
@@ -35,7 +35,7 @@ __all__ = ["OptEqProblem", "injection", "operator", "convexity_margin", "strong_
            "matmul_precision"]
 
 
-def _check_weight(w):
+def _check_weight(w: Any) -> None:
     if linear_map.is_dense(w):
         if getattr(w, "ndim", None) != 2:
             raise ValueError(
@@ -66,6 +66,20 @@ class OptEqProblem(EquilibriumProblem):
         matmul precision rounds to TF32 or bfloat16 (about 1e-3 relative), and a tolerance
         below that would never be reached. ``"default"`` uses the backend's default (faster
         on accelerators; reachable tolerances about 1e-3 relative).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> kw, ku, kx = jax.random.split(jax.random.PRNGKey(0), 3)
+      >>> W = jax.random.normal(kw, (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)            # s_sigma ||W||^2 <= 1: convex
+      >>> U = jax.random.normal(ku, (8, 3))
+      >>> problem = optjax.OptEqProblem(W, "relu", input_weight=U, bias=jnp.zeros(8))
+      >>> problem.state_shape, problem.input_shape       # z: (d,), x: (p,)
+      ((4,), (3,))
+      >>> z, info = optjax.equilibrium(problem, jax.random.normal(kx, (2, 3)))
+      >>> z.shape, bool(info.converged.all())
+      ((2, 4), True)
     """
 
     weight: Any
@@ -90,7 +104,13 @@ class OptEqProblem(EquilibriumProblem):
         "the weights",
     }
 
-    def __post_init__(self):
+    if TYPE_CHECKING:  # the dataclass's __init__, with activation also given by name
+        def __init__(self, weight: Any, activation: _activations.Activation | str,
+                     input_weight: jax.Array | None = None, bias: jax.Array | None = None,
+                     prior: Prior | None = None, weight_norm: jax.Array | None = None,
+                     compute_dtype: Any = None, precision: Any = None) -> None: ...
+
+    def __post_init__(self) -> None:
         act = self.activation
         if isinstance(act, str):
             object.__setattr__(self, "activation", _activations.get(act))
@@ -144,7 +164,7 @@ class OptEqProblem(EquilibriumProblem):
         return injected_input_shape(self.input_weight, self.injection_shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> jnp.dtype:
         return linear_map.dtype(self.weight)
 
     @property
@@ -159,16 +179,17 @@ class OptEqProblem(EquilibriumProblem):
         return self.prior is None or type(self.prior).scalar_jacobian
 
     # -- the engine's interface -----------------------------------------------------------------
-    def equilibrium_map(self):
+    def equilibrium_map(self) -> EquilibriumMap:
         return EquilibriumMap(self.activation, self.compute_dtype, matmul_precision(self.precision))
 
-    def parameters(self):
+    def parameters(self) -> tuple[Any, Prior | None]:
         return (self.weight, self.prior)
 
-    def sample_data(self, x, feature=None):
+    def sample_data(self, x: jax.Array,
+                    feature: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         return (injection(self, x), feature)
 
-    def check_feature(self, feature) -> None:
+    def check_feature(self, feature: jax.Array | None) -> None:
         if self.prior is not None and type(self.prior).needs_feature:
             if feature is None:
                 raise ValueError(
@@ -262,11 +283,12 @@ class OptEqProblem(EquilibriumProblem):
             "guaranteed. Rescale W (e.g. W / ||W||) or use a norm-controlled layer "
             "(optjax.nn.OptEqDense, OptEqConv).")
 
-    def certificate(self, point, last, residual, params, data, conditions: Conditions):
+    def certificate(self, point: jax.Array, last: jax.Array, residual: jax.Array, params: Any,
+                    data: Any, conditions: Conditions) -> Certificate:
         return make_certificate(self, point, residual, params, data, conditions)
 
 
-def matmul_precision(precision):
+def matmul_precision(precision: Any) -> jax.lax.Precision | None:
     """The ``jax.lax.Precision`` of the products with a dense W for an ``OptEqProblem.precision``
     setting (None: HIGHEST; "default": the backend's default)."""
     if precision is None:
@@ -279,7 +301,16 @@ def matmul_precision(precision):
 
 
 def injection(problem: OptEqProblem, x: jax.Array) -> jax.Array:
-    """The input injection c = U x + b for a batch ``x`` of shape ``(B,) + input_shape``."""
+    """The input injection c = U x + b for a batch ``x`` of shape ``(B,) + input_shape``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> U = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+      >>> problem = optjax.OptEqProblem(0.5 * jnp.eye(2), "relu", input_weight=U, bias=jnp.ones(2))
+      >>> optjax.injection(problem, jnp.array([[1.0, 1.0]]))      # U x + b, per sample
+      Array([[4., 8.]], dtype=float32)
+    """
     if problem.input_weight is None:
         c = x
     else:
@@ -289,8 +320,22 @@ def injection(problem: OptEqProblem, x: jax.Array) -> jax.Array:
     return c
 
 
-def operator(problem: OptEqProblem, z: jax.Array, x: jax.Array, feature=None) -> jax.Array:
-    """The batched equilibrium map ``S(z)`` (``T(z)`` when the problem has no prior)."""
+def operator(problem: OptEqProblem, z: jax.Array, x: jax.Array,
+             feature: jax.Array | None = None) -> jax.Array:
+    """The batched equilibrium map ``S(z)`` (``T(z)`` when the problem has no prior).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> W = 0.9 * W / jnp.linalg.norm(W, 2)                 # ||W|| = 0.9 < 1: strongly convex
+      >>> problem = optjax.OptEqProblem(W, "relu")
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))  # 2 samples of U x + b
+      >>> z, info = optjax.equilibrium(problem, x)
+      >>> Sz = optjax.operator(problem, z, x)                   # S(z) = prox_R(T(z)), batched
+      >>> Sz.shape, bool(jnp.allclose(Sz, z, atol=1e-4))        # z is its fixed point
+      ((2, 4), True)
+    """
     map_fn = problem.equilibrium_map()
     params = problem.parameters()
     data = problem.sample_data(x, feature)
@@ -299,16 +344,41 @@ def operator(problem: OptEqProblem, z: jax.Array, x: jax.Array, feature=None) ->
 
 def convexity_margin(problem: OptEqProblem) -> jax.Array:
     r""":math:`1 - s_\sigma \|W\|^2`: nonnegative iff the unit operator is the gradient of a
-    convex 1-smooth function (and so firmly nonexpansive, and G convex)."""
+    convex 1-smooth function (and so firmly nonexpansive, and G convex).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> problem = optjax.OptEqProblem(0.9 * W / jnp.linalg.norm(W, 2), "relu")  # ||W|| = 0.9
+      >>> round(float(optjax.convexity_margin(problem)), 3)        # 1 - s_sigma ||W||^2
+      0.19
+      >>> sigmoid = optjax.OptEqProblem(2 * problem.weight, "sigmoid")   # s_sigma = 1/4
+      >>> round(float(optjax.convexity_margin(sigmoid)), 3)
+      0.19
+    """
     return 1.0 - problem.activation.slope_bound * problem.spectral_norm() ** 2
 
 
-def strong_convexity(problem: OptEqProblem, norm=None) -> jax.Array:
+def strong_convexity(problem: OptEqProblem, norm: jax.Array | None = None) -> jax.Array:
     r"""The modulus :math:`\mu = 1 - s_\sigma\|W\|^2 + \mu_R` of :math:`G + R`; a value
     :math:`\le 0` means no strong convexity is certified. A margin within rounding of zero
     (``0 < 1 - s ||W||^2 <= 64 eps``, e.g. a W normalised to ``||W|| = 1``) counts as zero: it
     certifies nothing, rather than a modulus of 1e-16 and bounds of 1e30. ``norm``: the
-    ``||W||`` to use (default :meth:`OptEqProblem.spectral_norm`)."""
+    ``||W||`` to use (default :meth:`OptEqProblem.spectral_norm`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import optjax
+      >>> W = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+      >>> problem = optjax.OptEqProblem(0.9 * W / jnp.linalg.norm(W, 2), "relu")  # ||W|| = 0.9
+      >>> round(float(optjax.strong_convexity(problem)), 3)            # 1 - ||W||^2
+      0.19
+      >>> quadratic = optjax.priors.Quadratic(0.5)                     # adds mu = 0.5
+      >>> with_prior = optjax.OptEqProblem(problem.weight, "relu", prior=quadratic)
+      >>> round(float(optjax.strong_convexity(with_prior)), 3)
+      0.69
+    """
     extra = 0.0 if problem.prior is None else problem.prior.strong_convexity
     norm = problem.spectral_norm() if norm is None else norm
     margin = 1.0 - problem.activation.slope_bound * norm**2
