@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--max-steps", type=int, default=500)
     parser.add_argument("--halpern-cap", type=int, default=2000)
-    parser.add_argument("--pair-reps", type=int, default=15,
+    parser.add_argument("--pair-reps", type=int, default=21,
                         help="alternating runs for the solver-loop ratios")
     args = parser.parse_args(argv)
     args.batch, args.d, args.n, args.p = (16, 32, 48, 16) if args.quick else (128, 256, 512, 64)
