@@ -21,8 +21,9 @@ Each figure comes from a fresh process: XLA's compiled memory analysis
 the buffers the program holds at once) and the process's peak resident memory after running f
 once (``ru_maxrss``; it includes Python, XLA and the compiler, so its differences matter, not its
 size). The implicit rows use plain iteration, the iteration that the unrolled rows differentiate;
-a last line gives the implicit figure with the default solver (its Anderson history is a fixed
-cost). The unit: the same program with the equilibrium replaced by **one** evaluation of T
+two last lines give the implicit figure with the default solver (its Anderson history is a fixed
+cost) and with the fixed-point backward instead of conjugate gradients (one state vector where CG
+keeps four). The unit: the same program with the equilibrium replaced by **one** evaluation of T
 (the dense case: the gradient of ``sum(target * T(0))``; the classifier: the training step with
 one T as its layer), so "1.0" is what any training step through one T needs.
 """
@@ -36,7 +37,9 @@ import subprocess
 import sys
 
 STEPS = (10, 30, 100, 300)
-MODES = ("implicit", "unrolled", "one T", "default solver")
+MODES = ("implicit", "unrolled", "one T", "default solver", "fixed-point backward")
+IMPLICIT = ("implicit", "default solver", "fixed-point backward")
+
 FIGURE = pathlib.Path(__file__).resolve().parent / "results" / "backward_memory.png"
 
 
@@ -59,12 +62,11 @@ def _dense(quick: bool, steps: int, mode: str):
         return optjax.operator(optjax.OptEqProblem(w, "relu"), z, c)
 
     def loss(w):
-        if mode in ("implicit", "default solver"):
+        if mode in IMPLICIT:
             z, _ = optjax.equilibrium(
                 optjax.OptEqProblem(w, "relu"), c,
-                solver="fixed_point" if mode == "implicit" else None, tol=1e-30,
-                max_steps=steps, certify=False,
-                backward=optjax.backward.ConjugateGradient(max_steps=30, on_failure="ignore"))
+                solver=None if mode == "default solver" else "fixed_point", tol=1e-30,
+                max_steps=steps, certify=False, backward=_backward(mode))
         elif mode == "unrolled":
             z, _ = jax.lax.scan(lambda z, _: (t_batch(w, z), None), z0, None, length=steps)
         else:
@@ -85,8 +87,7 @@ def _classifier(quick: bool, steps: int, mode: str):
     from optjax.nn.classifiers import ImplicitClassifier, matched_width
 
     shape, batch = ((8, 8, 1), 8) if quick else ((28, 28, 1), 64)
-    options = dict(tol=1e-30, max_steps=steps,
-                   backward=optjax.backward.ConjugateGradient(max_steps=30, on_failure="ignore"))
+    options = dict(tol=1e-30, max_steps=steps, backward=_backward(mode))
     if mode != "default solver":
         options["solver"] = "fixed_point"
     width = 4 if quick else matched_width("opteq", "conv", shape, 10, 100_000, closest=True,
@@ -100,7 +101,7 @@ def _classifier(quick: bool, steps: int, mode: str):
 
     def logits(params):
         m = nnx.merge(graph, params, rest, copy=True)
-        if mode in ("implicit", "default solver"):
+        if mode in IMPLICIT:
             return m(x)
         layer = m.layer  # the same classifier, its layer's solve replaced by T itself
         weight = layer.used_weight()
@@ -124,6 +125,14 @@ def _classifier(quick: bool, steps: int, mode: str):
         return optax.apply_updates(params, updates), opt_state, loss
 
     return train_step, (params, tx.init(params))
+
+
+def _backward(mode: str):
+    import optjax
+
+    if mode == "fixed-point backward":  # one state vector instead of CG's four
+        return optjax.backward.FixedPointBackward(max_steps=30, on_failure="ignore")
+    return optjax.backward.ConjugateGradient(max_steps=30, on_failure="ignore")
 
 
 class _Replaced:
@@ -216,6 +225,10 @@ def main(argv=None) -> int:
         print(f"\nWith the default solver (safeguarded Anderson, history 5) instead of plain "
               f"iteration, implicit: {default['bytes'] / unit['bytes']:.2f} x one T "
               f"({steps_list[0]} steps; the history is a fixed 2 x 5 states, whatever the steps).")
+        fpb = [child(case, k, "fixed-point backward") for k in (steps_list[0], steps_list[-1])]
+        print(f"With the fixed-point backward (u = J^T u + g, capped at 30 steps) instead of "
+              f"conjugate gradients, implicit: {fpb[0]['bytes'] / unit['bytes']:.2f} x one T at "
+              f"{steps_list[0]} steps, {fpb[1]['bytes'] / unit['bytes']:.2f} at {steps_list[-1]}.")
         results[case] = rows
     figure = args.figure or (None if args.quick else str(FIGURE))
     if figure:

@@ -114,12 +114,11 @@ def test_certified_accuracy_is_below_the_attacked_one_and_both_below_the_clean_o
     model = _model("opteq", "conv", width=4)
     x = 0.05 * _images(32, seed=6)
     y = jnp.argmax(_function(model)(x), axis=1).at[:4].set(0)  # a few wrong labels
-    out = robustness.robust_accuracy(model, x, y, [0.0, 1e-3, 1e-2], pgd_steps=10,
-                                     batch_size=32)
+    out = robustness.robust_accuracy(model, x, y, [0.0, 1e-2], pgd_steps=5, batch_size=32)
     assert out["lipschitz"] > 0 and out["clean"] < 1
-    for eps in (0.0, 1e-3, 1e-2):
+    for eps in (0.0, 1e-2):
         assert out["certified"][eps] <= out["pgd"][eps] <= out["clean"]
     assert out["certified"][0.0] == out["clean"]  # a correct prediction has radius >= 0
-    deq = robustness.robust_accuracy(_model("deq", "conv", width=4), x, y, [1e-2], pgd_steps=5,
+    deq = robustness.robust_accuracy(_model("deq", "conv", width=4), x, y, [1e-2], pgd_steps=1,
                                      batch_size=32)
     assert deq["certified"][1e-2] is None and deq["lipschitz"] is None
