@@ -123,3 +123,49 @@ def test_fashion_mnist_report_summarises_seeds_as_paired_differences(tmp_path):
     assert "| 90.00 / 92.00 / 91.00 | 91.00% | 1.00 |" in lines["| opteq"], stdout
     assert "| 91.00 / 90.50 | 90.75% | 0.35 | -1.00 (seed 0) / +1.50 (seed 1) | +0.25 |" \
         in lines["| deq"], stdout
+
+
+def _sweep_row(family, target, seed, accuracy, steps):
+    return dict(_row(family, seed, accuracy), target=target, augmented=False,
+                params=target + 100 * seed, lipschitz_margin=0.0,
+                per_epoch=[] if family == "explicit" else [{"steps": s} for s in steps])
+
+
+def test_sweep_report_prints_paired_tables_per_budget_and_writes_both_figures(tmp_path):
+    rows = [_sweep_row("opteq", 15000, 0, 0.91, (8.0, 6.0)),
+            _sweep_row("opteq", 15000, 1, 0.92, (10.0, 7.0)),
+            _sweep_row("deq", 15000, 0, 0.90, (9.0, 11.0)),
+            _sweep_row("deq", 15000, 1, 0.925, (9.0, 12.0)),
+            _sweep_row("explicit", 15000, 0, 0.915, ()),
+            _sweep_row("opteq", 40000, 0, 0.93, (5.0, 5.0))]
+    results = tmp_path / "sweep.json"
+    results.write_text(json.dumps(rows))
+    stdout = _script("sweep_report.py", "--results", str(results), "--figures",
+                     str(tmp_path / "figures"))
+    assert "### 15,000 parameters, no augmentation" in stdout, stdout
+    assert "### 40,000 parameters, no augmentation" in stdout, stdout
+    # deq 90.0 / 92.5 against opteq 91.0 / 92.0: differences +1.00 and -0.50, mean +0.25
+    assert "| deq | 0, 1 | 90.00 / 92.50 | 91.25% | 1.77 | +1.00 (seed 0) / -0.50 (seed 1) | " \
+        "+0.25 |" in stdout, stdout
+    assert "| explicit | 0 | 91.50 | 91.50% | - | -0.50 (seed 0) | -0.50 |" in stdout, stdout
+    # forward steps per epoch, the mean over seeds: opteq (8 + 10) / 2, (6 + 7) / 2
+    assert "| opteq | 2 | 9.0 | 6.5 |" in stdout and "| deq | 2 | 9.0 | 11.5 |" in stdout, stdout
+    for name in ("accuracy_per_parameter.png", "forward_steps_per_epoch.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robustness_report_shows_certified_and_attacked_accuracy_and_no_bound_for_deq(tmp_path):
+    base = dict(target=15000, augmented=False, lipschitz_margin=0.0, seed=0, params=15000,
+                samples=100, pgd_steps=10)
+    rows = [dict(base, family="opteq", clean=0.9, lipschitz=4.0, radius_median=0.2,
+                 certified={"0.1": 0.6, "0.5": 0.1}, pgd={"0.1": 0.8, "0.5": 0.5}),
+            dict(base, family="deq", clean=0.92, lipschitz=None, radius_median=None,
+                 certified={"0.1": None, "0.5": None}, pgd={"0.1": 0.85, "0.5": 0.4})]
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps(rows))
+    stdout = _script("robustness.py", "--report", "--rows", str(path), "--figure",
+                     str(tmp_path / "figures"))
+    assert "| deq | 15,000 | no | 0 | 0 | 92.0% | none | - | - / 85.0 | - / 40.0 |" in stdout, stdout
+    assert "| opteq | 15,000 | no | 0 | 0 | 90.0% | 4 | 0.2 | 60.0 / 80.0 | 10.0 / 50.0 |" \
+        in stdout, stdout
+    assert (tmp_path / "figures" / "certified_accuracy.png").is_file()
