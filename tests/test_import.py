@@ -5,6 +5,8 @@ message only."""
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -35,6 +37,7 @@ def test_only_jaxopts_message_is_filtered():
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter importing the whole package, ~11 s: CI runs it
 def test_optjax_works_without_jaxopt_and_says_what_to_install():
     """With jaxopt unimportable: import optjax and optjax.nn, the CLI's parser, a default solve
     with its gradient, a Flax layer; asking for a jaxopt solver says what to install."""

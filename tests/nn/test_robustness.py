@@ -110,6 +110,7 @@ def test_no_attack_changes_a_prediction_within_its_certified_radius(family):
         np.testing.assert_array_equal(np.asarray(jnp.argmax(f(shifted), axis=1)), np.asarray(y))
 
 
+@pytest.mark.slow  # ~10-17 s; the per-sample radius and attack tests stay in the default suite
 def test_certified_accuracy_is_below_the_attacked_one_and_both_below_the_clean_one():
     model = _model("opteq", "conv", width=4)
     x = 0.05 * _images(32, seed=6)

@@ -177,6 +177,7 @@ def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypa
     assert [r["step"] for r in resumed.records if r["event"] == "step"] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow  # ~14 s; the plain stop-and-resume test stays in the default suite
 def test_stop_and_resume_with_augmentation_is_exact(full_run, tmp_path):
     # 5 steps (no epoch end, so no evaluation): in one go, and as 2 + 3 after a resume.
     augmented = dict(augment_crop=1, augment_flip=True)
