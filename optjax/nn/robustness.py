@@ -176,7 +176,9 @@ def robust_accuracy(model: ImplicitClassifier, x: jax.Array, y: jax.Array,
     "radius_median": float or None, "lipschitz": float or None}`` (None: no bound, a DEQ).
     The certified accuracy never exceeds the PGD one (a certified prediction cannot be
     attacked), and both never exceed the clean one."""
-    model = nnx.view(model, use_running_average=True)
+    if any(hasattr(m, "use_running_average") for _, m in nnx.iter_modules(model)):
+        # nnx.view refuses a key no module has (the explicit CNN has no mode-dependent layer)
+        model = nnx.view(model, use_running_average=True)
     features = feature_lipschitz(model)
     forward = nnx.jit(lambda m, x: m(x))
     radius = nnx.jit(lambda m, x, y: certified_radius(m, x, y, features))

@@ -123,3 +123,13 @@ def test_certified_accuracy_is_below_the_attacked_one_and_both_below_the_clean_o
     deq = robustness.robust_accuracy(_model("deq", "conv", width=4), x, y, [1e-2], pgd_steps=1,
                                      batch_size=32)
     assert deq["certified"][1e-2] is None and deq["lipschitz"] is None
+
+
+def test_the_explicit_cnn_gets_a_bound_and_the_same_report():
+    # It has no mode-dependent layer, which nnx.view(use_running_average=...) refused.
+    model = _model("explicit", "conv", width=4)
+    x = 0.05 * _images(16, seed=7)
+    y = jnp.argmax(_function(model)(x), axis=1)
+    out = robustness.robust_accuracy(model, x, y, [0.0, 1e-2], pgd_steps=2, batch_size=16)
+    assert out["clean"] == 1.0 and out["lipschitz"] > 0 and out["certified"][0.0] == 1.0
+    assert out["certified"][1e-2] <= out["pgd"][1e-2] <= out["clean"]
