@@ -55,7 +55,7 @@ from optjax.train.config import TrainConfig
 from optjax.train.loop import train
 from fashion_mnist_rows import (clean, load_rows, report, result_row, same_run, save_row,  # noqa: E402
                                 seed_summary, table)
-from optjax.train.model import layer_options
+from optjax.train.model import design_options, layer_options
 
 FAMILIES = {"dense": ("opteq", "deq", "mondeq", "explicit"),
             # the order of the issue: OptEq and the CNN first, then deep OptEq, then baselines
@@ -178,17 +178,23 @@ def setting(base: TrainConfig, target: int) -> str:
 
 
 def run_family(base: TrainConfig, family: str, seed: int, target: int, out: pathlib.Path,
-               resume: bool = False, caps: dict | None = None, match_head: bool = False) -> dict:
+               resume: bool = False, caps: dict | None = None, match_head: bool = False,
+               design: dict | None = None, name: str | None = None) -> dict:
+    """Train one family at the width (and, with ``match_head``, head) matched to ``target``.
+    ``design``: TrainConfig overrides of the model's shape (stem, head grid, deep chain);
+    ``name``: the run's folder name in place of the family's."""
     config = base.replace(family=family, seed=seed,
-                          out_dir=str(out / base.kind / setting(base, target) / f"{family}_seed{seed}"),
-                          **(caps or {}).get(family, {}))
+                          out_dir=str(out / base.kind / setting(base, target)
+                                      / f"{name or family}_seed{seed}"),
+                          **(caps or {}).get(family, {}), **(design or {}))
+    options = {**design_options(config), **layer_options(config)}
     if match_head:
         width, head, count = matched_size(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
-                                          **layer_options(config))
+                                          **options)
     else:
         (width, count), head = matched_width(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
                                              closest=base.kind == "conv",
-                                             **layer_options(config)), HEAD_UNITS
+                                             **options), HEAD_UNITS
     config = config.replace(width=width, head_units=head)
     t0 = time.perf_counter()
     started = (config.out_path / "checkpoints").is_dir() and any(

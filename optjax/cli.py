@@ -65,7 +65,6 @@ def _choices() -> dict[str, str]:
         "dataset": "one of " + ", ".join(DATASETS),
         "family": "one of " + ", ".join(FAMILIES),
         "kind": "one of " + ", ".join(KINDS),
-        "activation": "by family: " + activation,
         "solver": "one of " + ", ".join(solvers.SOLVERS) + ", or none (the layer's default)",
         "backward": "one of " + ", ".join(BACKWARD_CHOICES),
         "schedule": "one of " + ", ".join(SCHEDULES),
@@ -73,6 +72,17 @@ def _choices() -> dict[str, str]:
         "training batches only (0: off)",
         "augment_flip": "random horizontal flip of training batches; for natural images "
         "(cifar10), wrong for digits and letters",
+        "activation": "by family: " + activation + " (deep_opteq: one, or one per tier, "
+        "comma-separated)",
+        "stem_channels": "output channels of the conv stem",
+        "stem_stride": "stride of the conv stem (none: 2 for images of 16 pixels or more, else 1)",
+        "head_grid": "side of the grid the conv equilibrium is average-pooled to before the "
+        "head (none: half of the default stem's grid)",
+        "tier_channels": "deep_opteq: comma-separated multipliers of --width, one per tier "
+        "(e.g. 0.5,1,2)",
+        "tier_strides": "deep_opteq conv: comma-separated stride of each coupling between tiers "
+        "(e.g. 1,2)",
+        "sweep": "deep_opteq: gauss_seidel or jacobi (the same fixed point)",
     }
 
 

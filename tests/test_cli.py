@@ -184,3 +184,15 @@ def test_eval_reports_certified_and_attacked_accuracy_per_radius(tmp_path, capsy
     assert "eps 0.1: certified" in text and "PGD (2 steps)" in text
     assert cli("eval", "--out-dir", str(tmp_path / "0"), "--robustness", "big") == 2
     assert "--robustness takes comma-separated radii" in capsys.readouterr().err
+
+
+def test_the_deep_chain_design_flags(capsys):
+    assert cli("train", "--family", "deep_opteq", "--tier-channels", "0.5,1,2", "--tier-strides",
+               "1,2", "--activation", "relu,relu,softplus", "--stem-stride", "1",
+               "--print-config") == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["tier_channels"], config["tier_strides"], config["stem_stride"]) == (
+        "0.5,1,2", "1,2", 1)
+    assert cli("train", "--family", "deep_opteq", "--tier-channels", "1,1,1",
+               "--print-config") == 2
+    assert "one stride per coupling" in capsys.readouterr().err

@@ -169,3 +169,37 @@ def test_robustness_report_shows_certified_and_attacked_accuracy_and_no_bound_fo
     assert "| opteq | 15,000 | no | 0 | 0 | 90.0% | 4 | 0.2 | 60.0 / 80.0 | 10.0 / 50.0 |" \
         in stdout, stdout
     assert (tmp_path / "figures" / "certified_accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_deep_opteq_design_quick_run_matches_every_variant_to_the_budget(tmp_path):
+    if not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    results = tmp_path / "design.json"
+    stdout = _script("deep_opteq_design.py", "--quick", "--variants",
+                     "opteq,three_14_14_7,three_28_14_7", "--results", str(results), "--out",
+                     str(tmp_path / "out"), timeout=900)
+    rows = json.loads(results.read_text())
+    assert [r["variant"] for r in rows] == ["opteq", "three_14_14_7", "three_28_14_7"]
+    assert rows[1]["tiers"].count("@") == 3 and "28x28" in rows[2]["tiers"]
+    for row in rows:
+        assert abs(row["params"] - 6000) <= 0.02 * 6000
+    assert "| three_14_14_7 |" in stdout and "minus OptEq" in stdout
+
+
+def _design_row(variant, seed, accuracy, epochs=2):
+    return dict(variant=variant, what=f"{variant} design", tiers="4 @ 14x14", width=4,
+                params=15000, seed=seed, epochs=epochs, train_size=60000, target=15000,
+                test_accuracy=accuracy, epoch_seconds=20.0, forward_steps_mean=8.0)
+
+
+def test_deep_opteq_design_report_gives_each_variant_its_difference_to_opteq(tmp_path):
+    rows = [_design_row("opteq", 0, 0.90), _design_row("baseline", 0, 0.885),
+            _design_row("jacobi", 0, 0.91), _design_row("opteq", 0, 0.92, epochs=10),
+            _design_row("same_scale", 0, 0.93, epochs=10)]
+    results = tmp_path / "design.json"
+    results.write_text(json.dumps(rows))
+    stdout = _script("deep_opteq_design.py", "--report", "--results", str(results))
+    short, full = stdout.split("10 epochs")
+    assert "| baseline |" in short and "| -1.50 |" in short and "| +1.00 |" in short
+    assert "| same_scale |" in full and "| +1.00 |" in full and "baseline" not in full

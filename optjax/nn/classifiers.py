@@ -7,8 +7,13 @@ Convolutional (``kind="conv"``): ``image -> stem (a 3 x 3 convolution with 32 ch
 relu; stride 2 for images of 16 pixels or more, e.g. 28 x 28 -> 14 x 14) -> equilibrium layer
 on the stem's grid (its injection a 3 x 3 convolution of the stem's output) -> average pooling
 to a quarter of the stem's grid -> head: dense to 32 units, relu, dense to the classes``. The
-multi-scale deep OptEq chain (:class:`DeepOptEqConv`) has two layers, on the stem's grid and on
-half of it (a stride-2 coupling), so its output needs no pooling. Why this shape: the
+multi-scale deep OptEq chain (:class:`DeepOptEqConv`) has, by default, two tiers of ``width``
+channels, on the stem's grid and on half of it (a stride-2 coupling), so its output needs no
+pooling; ``tier_channels`` and ``tier_strides`` choose other chains (e.g. three tiers
+``(0.5, 1, 2)`` with strides ``(1, 2)``: a cheap full-resolution tier first), and the output
+is pooled to the head's grid. ``stem_channels`` and ``stem_stride`` set the stem of every conv
+family (defaults 32 and 2 for images of 16 pixels or more); the head's grid stays half of the
+default stem's grid, so the head's size does not depend on them. Why this shape: the
 equilibrium is where the compute goes (every step of the solver is one evaluation of the
 layer's map, forward and backward), so it runs at the stem's resolution, and a small hidden
 head holds the parameters a wider equilibrium would cost time for (see the training-step
@@ -78,7 +83,54 @@ MONDEQ_M = 1.0
 
 
 def _stem_stride(input_shape: Sequence[int]) -> int:
+    """The default stem stride: 2 for images of 16 pixels or more (28 x 28 -> 14 x 14), else 1."""
     return 2 if min(input_shape[:2]) >= 16 else 1
+
+
+DEFAULT_TIER_CHANNELS = (1.0, 1.0)
+DEFAULT_TIER_STRIDES = (2,)
+
+
+def tier_sizes(width: int, tier_channels: Sequence[float]) -> tuple[int, ...]:
+    """The channels (conv) or features (dense) of each tier of a deep OptEq classifier:
+    ``max(1, round(m * width))`` for each multiplier ``m`` of ``tier_channels``, so that
+    :func:`matched_width` can scale the whole chain with one number."""
+    return tuple(max(1, round(float(m) * width)) for m in tier_channels)
+
+
+def check_design(family: str, kind: str, stem_channels: int, stem_stride: int | None,
+                  tier_channels: tuple, tier_strides: tuple) -> None:
+    """Refuse a stem or chain design that the family and kind do not have (ConfigError)."""
+    def positive(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive(stem_channels):
+        raise ConfigError(f"stem_channels must be a positive int, got {stem_channels!r}")
+    if stem_stride is not None and not positive(stem_stride):
+        raise ConfigError(f"stem_stride must be a positive int (or None: automatic), got "
+                          f"{stem_stride!r}")
+    if kind == "dense" and (stem_channels != STEM_CHANNELS or stem_stride is not None):
+        raise ConfigError("stem_channels and stem_stride set the stem of a conv classifier; the "
+                          "dense classifier has none: drop them")
+    if not tier_channels or not all(isinstance(m, (int, float)) and not isinstance(m, bool)
+                                    and m > 0 for m in tier_channels):
+        raise ConfigError(f"tier_channels must be positive multipliers of the width, one per "
+                          f"tier, got {tier_channels!r}")
+    if not all(positive(t) for t in tier_strides):
+        raise ConfigError(f"tier_strides must be positive ints, got {tier_strides!r}")
+    designed = (tier_channels != DEFAULT_TIER_CHANNELS or tier_strides != DEFAULT_TIER_STRIDES)
+    if family != "deep_opteq" and designed:
+        raise ConfigError(f"tier_channels and tier_strides shape the deep OptEq chain; the "
+                          f"{family} family has one layer: drop them (or use family deep_opteq)")
+    if family == "deep_opteq":
+        if kind == "dense" and tier_strides != DEFAULT_TIER_STRIDES:
+            raise ConfigError("tier_strides downsample a conv chain; the dense deep OptEq chain "
+                              "has none: drop them")
+        if kind == "conv" and len(tier_strides) != len(tier_channels) - 1:
+            raise ConfigError(
+                f"tier_strides needs one stride per coupling between tiers: "
+                f"{len(tier_channels)} tiers take {len(tier_channels) - 1}, got "
+                f"{len(tier_strides)} ({tier_strides!r})")
 
 
 Layer = (OptEqDense | OptEqConv | DEQDense | DEQConv | MonDEQDense | MonDEQConv | DeepOptEq
@@ -86,14 +138,15 @@ Layer = (OptEqDense | OptEqConv | DEQDense | DEQConv | MonDEQDense | MonDEQConv 
 
 
 def _layer(family: str, kind: str, input_shape: tuple[int, ...], width: int, rngs: nnx.Rngs,
-           options: dict[str, Any]) -> Layer:
-    """The equilibrium layer (or the explicit block) and the grid of its output (conv)."""
+           options: dict[str, Any], stem_channels: int, stem_stride: int,
+           tier_channels: tuple, tier_strides: tuple) -> Layer:
+    """The equilibrium layer (or the explicit block)."""
     h, w, c = input_shape
     if family == "explicit":
         if options:
             raise ConfigError(
                 f"the explicit family has no solver options; got {', '.join(sorted(options))}")
-        in_size = h * w * c if kind == "dense" else STEM_CHANNELS
+        in_size = h * w * c if kind == "dense" else stem_channels
         return ExplicitBlock(kind, in_size, width, rngs=rngs)
     if family == "mondeq":
         options = {"m": MONDEQ_M, **options}
@@ -105,17 +158,24 @@ def _layer(family: str, kind: str, input_shape: tuple[int, ...], width: int, rng
             return DEQDense(d, width, rngs=rngs, **options)
         if family == "mondeq":
             return MonDEQDense(d, width, rngs=rngs, **options)
-        return DeepOptEq(d, (width, width), rngs=rngs, **options)
-    grid = (h // _stem_stride(input_shape), w // _stem_stride(input_shape))
+        return DeepOptEq(d, tier_sizes(width, tier_channels), rngs=rngs, **options)
+    grid = (-(-h // stem_stride), -(-w // stem_stride))  # the stem's SAME padding rounds up
     if family == "opteq":
-        return OptEqConv(STEM_CHANNELS, width, grid, rngs=rngs, **options)
+        return OptEqConv(stem_channels, width, grid, rngs=rngs, **options)
     if family == "deq":
-        return DEQConv(STEM_CHANNELS, width, rngs=rngs, **options)
+        return DEQConv(stem_channels, width, rngs=rngs, **options)
     if family == "mondeq":
-        return MonDEQConv(STEM_CHANNELS, width, rngs=rngs, **options)
-    if grid[0] % 2 or grid[1] % 2:
-        raise ConfigError(f"the deep_opteq conv chain halves the grid {grid}: it must be even")
-    return DeepOptEqConv(STEM_CHANNELS, (width, width), grid, (2,), rngs=rngs, **options)
+        return MonDEQConv(stem_channels, width, rngs=rngs, **options)
+    size = grid
+    for t in tier_strides:
+        if size[0] % t or size[1] % t:
+            raise ConfigError(
+                f"the deep_opteq conv chain on the stem's {grid[0]} x {grid[1]} grid cannot take "
+                f"the tier strides {tier_strides}: {size[0]} x {size[1]} is not divisible by {t}; "
+                "choose strides whose product divides the grid (or another stem_stride)")
+        size = (size[0] // t, size[1] // t)
+    return DeepOptEqConv(stem_channels, tier_sizes(width, tier_channels), grid, tier_strides,
+                         rngs=rngs, **options)
 
 
 class ImplicitClassifier(nnx.Module):
@@ -130,6 +190,15 @@ class ImplicitClassifier(nnx.Module):
       head_units: hidden units of the conv head (default 32; dense classifiers have no hidden
         head): a fine control of the parameter count where one channel more or less of the
         equilibrium moves it by too much (small budgets).
+      stem_channels, stem_stride: the conv stem's output channels (32) and stride (None: 2 for
+        images of 16 pixels or more, else 1); conv only.
+      tier_channels: deep_opteq only: one multiplier of ``width`` per tier of the chain (default
+        ``(1, 1)``: two tiers of ``width``); tier ``l`` has ``max(1, round(m_l * width))``.
+      tier_strides: deep_opteq conv only: the stride of each coupling (default ``(2,)``); their
+        product must divide the stem's grid.
+      head_grid: conv only: the side of the grid the equilibrium's output is average-pooled to
+        before the head (None: half of the default stem's grid, 7 for 28 x 28 images); smaller
+        moves parameters from the head into the equilibrium at a fixed budget.
       layer_options: passed to the equilibrium layer (solver, tol, max_steps, ...).
 
     Examples:
@@ -145,7 +214,10 @@ class ImplicitClassifier(nnx.Module):
 
     def __init__(self, family: str, kind: str, input_shape: Sequence[int], num_classes: int,
                  width: int, *, rngs: nnx.Rngs, head_units: int = HEAD_UNITS,
-                 **layer_options: Any) -> None:
+                 stem_channels: int = STEM_CHANNELS, stem_stride: int | None = None,
+                 tier_channels: Sequence[float] = DEFAULT_TIER_CHANNELS,
+                 tier_strides: Sequence[int] = DEFAULT_TIER_STRIDES,
+                 head_grid: int | None = None, **layer_options: Any) -> None:
         if family not in FAMILIES:
             raise ConfigError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
         if kind not in KINDS:
@@ -159,7 +231,18 @@ class ImplicitClassifier(nnx.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) != 3:
             raise ConfigError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
-        self.layer = _layer(family, kind, self.input_shape, width, rngs, layer_options)
+        tier_channels = tuple(tier_channels)
+        tier_strides = tuple(tier_strides)
+        check_design(family, kind, stem_channels, stem_stride, tier_channels, tier_strides)
+        if head_grid is not None and (kind == "dense" or not isinstance(head_grid, int)
+                                      or isinstance(head_grid, bool) or head_grid < 1):
+            raise ConfigError(f"head_grid must be a positive int (the side of the conv head's "
+                              f"pooled grid; None: half the default stem's), got {head_grid!r}"
+                              + ("; the dense classifier has no pooling: drop it"
+                                 if kind == "dense" else ""))
+        stride = _stem_stride(self.input_shape) if stem_stride is None else stem_stride
+        self.layer = _layer(family, kind, self.input_shape, width, rngs, layer_options,
+                            stem_channels, stride, tier_channels, tier_strides)
         h, w, c = self.input_shape
         if kind == "dense":
             self.stem: nnx.Conv | None = None
@@ -167,12 +250,28 @@ class ImplicitClassifier(nnx.Module):
             self.head = nnx.Linear(width, num_classes, rngs=rngs)
             self.hidden: nnx.Linear | None = None
             return
-        stride = _stem_stride(self.input_shape)
-        self.stem = nnx.Conv(c, STEM_CHANNELS, (3, 3), strides=stride, padding="SAME",
+        self.stem = nnx.Conv(c, stem_channels, (3, 3), strides=stride, padding="SAME",
                              rngs=rngs)
-        grid = (h // stride, w // stride)
-        self.pool = 1 if family == "deep_opteq" else 2  # the chain's output is already halved
-        features = (grid[0] // 2) * (grid[1] // 2) * width
+        # The head's grid: half of the default stem's whatever this stem and chain are, unless
+        # head_grid is given (it then is the pooled grid's longer side).
+        auto = _stem_stride(self.input_shape)
+        grid_hw = ((h // auto) // 2, (w // auto) // 2)
+        if head_grid is not None:
+            grid_hw = (max(1, head_grid * grid_hw[0] // max(grid_hw)),
+                       max(1, head_grid * grid_hw[1] // max(grid_hw)))
+        out_grid: tuple[int, ...] = (-(-h // stride), -(-w // stride))
+        out_channels = width
+        if family == "deep_opteq":
+            deep = cast(DeepOptEqConv, self.layer)
+            out_grid, out_channels = deep.grids[-1], deep.channels[-1]
+        pool = out_grid[0] // grid_hw[0]  # average pooling with VALID padding floors
+        if pool < 1 or any(n // pool != m for n, m in zip(out_grid, grid_hw)):
+            raise ConfigError(
+                f"the equilibrium's {out_grid[0]} x {out_grid[1]} output cannot be pooled to the "
+                f"head's {grid_hw[0]} x {grid_hw[1]} grid with one pooling window; choose a "
+                "head_grid, stem_stride or tier_strides so that it can be")
+        self.pool = pool
+        features = grid_hw[0] * grid_hw[1] * out_channels
         self.hidden = nnx.Linear(features, head_units, rngs=rngs)
         self.head = nnx.Linear(head_units, num_classes, rngs=rngs)
 

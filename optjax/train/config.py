@@ -17,8 +17,6 @@ Resuming (:func:`resume_changes`) sorts the options in three groups:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import pathlib
 import types
 import typing
@@ -30,6 +28,9 @@ from optjax.engine.backward import BACKWARDS
 from optjax.config import Config, ConfigError, in_interval, positive_int, require
 from optjax.data import DATASETS as _DATASETS
 from optjax.nn.classifiers import FAMILIES as _FAMILIES
+from optjax.nn.classifiers import check_design as _check_design
+from optjax.train.config_file import load_file
+from optjax.families.deep.problem import SWEEPS as _SWEEPS
 
 __all__ = ["TrainConfig", "MODEL_FIELDS", "DATA_ORDER_FIELDS", "OUTPUT_FIELDS", "KINDS",
            "SCHEDULES", "BACKWARD_CHOICES", "activation_choices", "fixed_on_resume",
@@ -52,8 +53,13 @@ class TrainConfig(Config):
 
     Model: ``family`` (opteq | deq | mondeq | deep_opteq | explicit), ``kind`` (dense | conv),
     ``width`` (features or channels of the equilibrium state), ``head_units`` (hidden units of
-    the conv head), ``activation``, ``rho``
-    (``||W|| <= rho``, OptEq families), forward ``solver`` (None: the layer's default), ``tol``,
+    the conv head), ``activation`` (deep_opteq: one name, or one per tier separated by commas),
+    ``rho`` (``||W|| <= rho``, OptEq families); the conv stem's ``stem_channels`` and
+    ``stem_stride`` (None: automatic) and the side ``head_grid`` of the grid pooled into the head
+    (None: half the default stem's); deep OptEq's chain: ``tier_channels`` (comma-separated
+    multipliers of ``width``, one per tier), ``tier_strides`` (conv: comma-separated, one per
+    coupling) and ``sweep`` (gauss_seidel | jacobi); see
+    :class:`optjax.nn.classifiers.ImplicitClassifier`; forward ``solver`` (None: the layer's default), ``tol``,
     ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
     solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
     and ``backward_tol``; ``certify`` (OptEq layers: None, the default, certifies in evaluation
@@ -93,6 +99,12 @@ class TrainConfig(Config):
     head_units: int = 32
     activation: str = "relu"
     rho: float = 0.95
+    stem_channels: int = 32
+    stem_stride: int | None = None
+    head_grid: int | None = None
+    tier_channels: str = "1,1"
+    tier_strides: str = "2"
+    sweep: str = "gauss_seidel"
     solver: str | None = None
     anderson_ridge: float | None = None
     tol: float = 1e-3
@@ -145,7 +157,18 @@ class TrainConfig(Config):
         require(self.solver is None or self.solver in _solvers.SOLVERS,
                 f"{name}.solver must be one of {', '.join(_solvers.SOLVERS)} (or None: the "
                 f"layer's default), got {self.solver!r}")
-        _check_activation(self.family, self.activation)
+        _check_activation(self.family, self.activation, self.tier_channels)
+        require(self.sweep in _SWEEPS,
+                f"{name}.sweep must be one of {', '.join(_SWEEPS)}, got {self.sweep!r}")
+        require(self.sweep == "gauss_seidel" or self.family == "deep_opteq",
+                f"{name}.sweep orders the deep OptEq chain's tiers; the {self.family} family has "
+                "one layer: drop it (or use family deep_opteq)")
+        _check_design(self.family, self.kind, self.stem_channels, self.stem_stride,
+                      self.tier_channel_multipliers, self.tier_stride_values)
+        if self.head_grid is not None:
+            positive_int(name, "head_grid", self.head_grid)
+            require(self.kind == "conv", f"{name}.head_grid sets the pooling before a conv "
+                    "classifier's head; the dense classifier has none: drop it")
         require(self.kind == "conv" or self.head_units == 32,
                 f"{name}.head_units sets the hidden head of a conv classifier; the dense "
                 f"classifier has none: drop it (got {self.head_units})")
@@ -186,6 +209,22 @@ class TrainConfig(Config):
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def tier_channel_multipliers(self) -> tuple[float, ...]:
+        """``tier_channels`` as numbers (deep OptEq: one multiplier of ``width`` per tier)."""
+        return _numbers("tier_channels", self.tier_channels, float)
+
+    @property
+    def tier_stride_values(self) -> tuple[int, ...]:
+        """``tier_strides`` as ints (deep OptEq conv: one per coupling)."""
+        return _numbers("tier_strides", self.tier_strides, int)
+
+    @property
+    def activations(self) -> str | tuple[str, ...]:
+        """``activation``, split into one name per tier where it lists several (deep OptEq)."""
+        names = tuple(a.strip() for a in self.activation.split(","))
+        return names if len(names) > 1 else self.activation
+
     def model_fields(self) -> dict[str, Any]:
         """The options that fix the model (compared with a checkpoint's before restoring it)."""
         return {k: getattr(self, k) for k in MODEL_FIELDS}
@@ -197,6 +236,7 @@ class TrainConfig(Config):
 
 #: The model: its parameter layout and what its weights mean.
 MODEL_FIELDS = ("dataset", "family", "kind", "width", "head_units", "activation",
+                "stem_channels", "stem_stride", "head_grid", "tier_channels", "tier_strides",
                 "jacobian_penalty")
 #: What a step number means: the batch of step s comes from (seed, epoch) and the position in
 #: an epoch of num_train // batch_size steps.
@@ -210,6 +250,9 @@ _FIXED_REASONS = {
     "family": "the parameter layout", "kind": "the parameter layout",
     "width": "the parameter layout", "head_units": "the parameter layout",
     "activation": "the function the trained weights compute",
+    "stem_channels": "the parameter layout", "stem_stride": "the parameter layout",
+    "head_grid": "the parameter layout", "tier_channels": "the parameter layout",
+    "tier_strides": "the parameter layout",
     "jacobian_penalty": "the loss, and the layer's random stream in the checkpoint",
     "train_subset": "which samples an epoch holds, so what a step number means",
     "batch_size": "the number of steps per epoch, so what a step number means",
@@ -265,7 +308,28 @@ def activation_choices(family: str) -> str:
     return names
 
 
-def _check_activation(family: str, name: str) -> None:
+def _numbers(field: str, text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"TrainConfig.{field} must be comma-separated "
+                          f"{'numbers' if kind is float else 'ints'}, e.g. "
+                          f"{'0.5,1,2' if kind is float else '1,2'}; got {text!r}") from None
+
+
+def _check_activation(family: str, name: str, tier_channels: str = "1,1") -> None:
+    if "," in name:
+        names = [n.strip() for n in name.split(",")]
+        tiers = len(tier_channels.split(","))
+        require(family == "deep_opteq",
+                f"TrainConfig.activation {name!r}: one activation per tier is for the deep_opteq "
+                f"family; {family} has one layer: give one name")
+        require(len(names) == tiers,
+                f"TrainConfig.activation {name!r} names {len(names)} activations for a chain of "
+                f"{tiers} tiers (tier_channels {tier_channels!r}): give one, or one per tier")
+        for n in names:
+            _check_activation(family, n)
+        return
     where = f"TrainConfig.activation {name!r}"
     if family in _FIXED_ACTIVATION:
         require(name == _FIXED_ACTIVATION[family],
@@ -314,36 +378,3 @@ def _check_types(config: TrainConfig) -> None:
             raise ConfigError(
                 f"TrainConfig.{field.name} must be {names}, got {value!r} "
                 f"({type(value).__name__})")
-
-
-def load_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The options in a JSON (``.json``) or TOML (``.toml``) file, as a mapping (not validated:
-    :meth:`TrainConfig.from_dict` does that)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; pass a .json or .toml file of "
-                          "options")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; check the path given to --config")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                raise ConfigError(f"config file {path}: reading TOML needs Python >= 3.11; use a "
-                                  ".json file") from None
-            options = tomllib.loads(text)
-        elif path.suffix == ".json":
-            options = json.loads(text)
-        else:
-            raise ConfigError(f"config file {path}: use a .json or .toml file")
-    except (ValueError, json.JSONDecodeError) as err:  # tomllib.TOMLDecodeError is a ValueError
-        if isinstance(err, ConfigError):
-            raise
-        kind = path.suffix[1:].upper()
-        raise ConfigError(f"config file {path} is not valid {kind}: {err}") from None
-    if not isinstance(options, Mapping):
-        raise ConfigError(
-            f"config file {path} must hold a table of options, got {type(options).__name__}")
-    return dict(options)

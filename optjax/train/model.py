@@ -14,7 +14,7 @@ from optjax.engine.result import SolveInfo
 from optjax.nn.classifiers import ImplicitClassifier
 from optjax.train.config import TrainConfig
 
-__all__ = ["build_model", "layer_options", "solve_stats", "STAT_NAMES"]
+__all__ = ["build_model", "design_options", "layer_options", "solve_stats", "STAT_NAMES"]
 
 
 def layer_options(config: TrainConfig) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def layer_options(config: TrainConfig) -> dict[str, Any]:
     if config.anderson_ridge is not None and anderson:
         options["solver"] = _solvers.get("anderson", ridge=config.anderson_ridge)
     if config.family in ("opteq", "deep_opteq", "deq"):
-        options["activation"] = config.activation
+        options["activation"] = config.activations
+    if config.family == "deep_opteq":
+        options["sweep"] = config.sweep
     if config.family in ("opteq", "deep_opteq"):
         options["rho"] = config.rho
     if config.family == "opteq":
@@ -54,7 +56,21 @@ def build_model(config: TrainConfig, input_shape: Sequence[int],
     """A fresh classifier; its initialisation depends only on ``config.seed``."""
     return ImplicitClassifier(config.family, config.kind, input_shape, num_classes, config.width,
                               rngs=nnx.Rngs(config.seed), head_units=config.head_units,
-                              **layer_options(config))
+                              **design_options(config), **layer_options(config))
+
+
+def design_options(config: TrainConfig) -> dict[str, Any]:
+    """The classifier's stem, head pooling and (deep OptEq) chain options, where they differ
+    from the defaults (so that a default run builds exactly what it always built)."""
+    if config.kind == "dense":
+        return {} if config.family != "deep_opteq" else dict(
+            tier_channels=config.tier_channel_multipliers)
+    options: dict[str, Any] = dict(stem_channels=config.stem_channels,
+                                   stem_stride=config.stem_stride, head_grid=config.head_grid)
+    if config.family == "deep_opteq":
+        options.update(tier_channels=config.tier_channel_multipliers,
+                       tier_strides=config.tier_stride_values)
+    return options
 
 
 STAT_NAMES = ("steps", "residual", "converged", "suboptimality_bound")

@@ -10,7 +10,8 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import optjax
-from optjax.nn.classifiers import ImplicitClassifier, build_matched, matched_width, param_count
+from optjax.nn.classifiers import (ImplicitClassifier, build_matched, matched_size, matched_width,
+                                   param_count)
 
 CASES = [("opteq", "dense"), ("opteq", "conv"), ("deq", "dense"), ("deq", "conv"),
          ("mondeq", "dense"), ("mondeq", "conv"), ("deep_opteq", "dense"), ("deep_opteq", "conv"),
@@ -80,8 +81,97 @@ def test_bad_family_kind_and_input_are_refused():
         ImplicitClassifier("resnet", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     with pytest.raises(optjax.ConfigError, match="no solver options"):
         ImplicitClassifier("explicit", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0), tol=1e-3)
-    with pytest.raises(optjax.ConfigError, match="halves the grid .* must be even"):
+    with pytest.raises(optjax.ConfigError, match="7 x 7 is not divisible by 2"):
         ImplicitClassifier("deep_opteq", "conv", (7, 7, 1), 10, 8, rngs=nnx.Rngs(0))
     model = ImplicitClassifier("opteq", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expected images of shape \(batch,\) \+ \(8, 8, 1\)"):
         model(jnp.ones((2, 8, 8)))
+
+
+# The parameter counts of width-8 classifiers recorded from the code before the design options
+# existed (1867ea0): the defaults must build exactly the models they always built.
+@pytest.mark.parametrize("family,kind,shape,count", [
+    ("opteq", "conv", (28, 28, 1), 19002), ("deep_opteq", "conv", (28, 28, 1), 16122),
+    ("explicit", "conv", (28, 28, 1), 16122), ("mondeq", "conv", (28, 28, 1), 16690),
+    ("opteq", "conv", (30, 30, 3), 19578), ("deep_opteq", "conv", (8, 8, 1), 7674),
+    ("deep_opteq", "dense", (8, 8, 1), 682),
+])
+def test_default_design_keeps_the_parameter_layout(family, kind, shape, count):
+    model = nnx.eval_shape(lambda: ImplicitClassifier(family, kind, shape, 10, 8,
+                                                      rngs=nnx.Rngs(0)))
+    assert param_count(model) == count
+
+
+def _deep(**design):
+    return ImplicitClassifier("deep_opteq", "conv", (28, 28, 1), 10, 4, rngs=nnx.Rngs(0),
+                              **design)
+
+
+def test_deep_tiers_follow_the_channel_multipliers_and_strides():
+    images = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    three = _deep(tier_channels=(0.5, 1, 2), tier_strides=(1, 2))
+    stem = nnx.relu(three.stem(images))
+    states, info = three.layer.states(stem, return_info=True)
+    assert [s.shape for s in states] == [(2, 14, 14, 2), (2, 14, 14, 4), (2, 7, 7, 8)]
+    assert bool(info.converged.all())
+    # the equilibrium equations of the chain, tier by tier (an independent restatement of
+    # s_l = relu(A_(l-1) s_(l-1) + A_l^T s_(l+1) + b_l), the couplings as the solve used them)
+    a1, a2 = (jax.vmap(a.apply) for a in three.layer.used_couplings())
+    b = [three.layer.injection(stem)] + [bias.get_value() for bias in three.layer.biases]
+    s1, s2, s3 = states
+    feedback1 = jax.vjp(a1, s1)[1](s2)[0]  # A_1^T s_2 by autodiff, not the map's own adjoint
+    feedback2 = jax.vjp(a2, s2)[1](s3)[0]
+    residuals = [s1 - nnx.relu(b[0] + feedback1), s2 - nnx.relu(a1(s1) + b[1] + feedback2),
+                 s3 - nnx.relu(a2(s2) + b[2])]
+    scale = max(float(jnp.abs(s).max()) for s in states)
+    assert max(float(jnp.abs(r).max()) for r in residuals) <= 1e-2 * scale
+    assert three(images).shape == (2, 10) and three.pool == 1
+
+
+@pytest.mark.parametrize("design,pool", [
+    ({}, 1), (dict(tier_strides=(1,)), 2), (dict(stem_stride=1, tier_channels=(0.5, 1, 2),
+                                                 tier_strides=(2, 2)), 1),
+    (dict(stem_stride=1), 2), (dict(head_grid=3), 2), (dict(head_grid=1), 7),
+])
+def test_the_head_sees_its_grid_whatever_the_stem_and_chain(design, pool):
+    model = _deep(**design)
+    side = design.get("head_grid", 7)
+    assert model.pool == pool
+    assert model.hidden.in_features == side * side * model.layer.channels[-1]
+    assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
+
+
+def test_the_stem_options_reach_every_conv_family():
+    for family in ("opteq", "deq", "mondeq", "explicit"):
+        model = ImplicitClassifier(family, "conv", (28, 28, 1), 10, 4, rngs=nnx.Rngs(0),
+                                   stem_channels=8, stem_stride=1)
+        assert model.stem.out_features == 8 and model.stem.strides == 1
+        assert model.pool == 4  # 28 x 28 pooled to the head's 7 x 7
+        assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
+
+
+@pytest.mark.parametrize("family,kind,design,match", [
+    ("opteq", "conv", dict(tier_channels=(1, 2)), "the opteq family has one layer"),
+    ("deep_opteq", "conv", dict(tier_channels=(1, 1, 1)), "one stride per coupling"),
+    ("deep_opteq", "conv", dict(tier_strides=(4,)), "14 x 14 is not divisible by 4"),
+    ("deep_opteq", "conv", dict(tier_channels=(1, -1)), "positive multipliers"),
+    ("deep_opteq", "dense", dict(tier_strides=(1,)), "the dense deep OptEq chain has none"),
+    ("opteq", "dense", dict(stem_channels=8), "the dense classifier has none"),
+    ("opteq", "conv", dict(stem_stride=0), "stem_stride must be a positive int"),
+    ("opteq", "conv", dict(head_grid=5), "cannot be pooled to the head's 5 x 5 grid"),
+    ("opteq", "dense", dict(head_grid=2), "the dense classifier has no pooling"),
+])
+def test_designs_the_family_cannot_have_are_refused(family, kind, design, match):
+    with pytest.raises(optjax.ConfigError, match=match):
+        ImplicitClassifier(family, kind, (28, 28, 1), 10, 4, rngs=nnx.Rngs(0), **design)
+
+
+@pytest.mark.parametrize("design", [dict(tier_channels=(0.5, 1, 2), tier_strides=(1, 2)),
+                                    dict(head_grid=3), dict(stem_channels=16)])
+def test_matched_size_matches_designed_chains_within_two_percent(design):
+    width, head, count = matched_size("deep_opteq", "conv", (28, 28, 1), 10, 15000, **design)
+    assert abs(count - 15000) <= 0.02 * 15000
+    model = nnx.eval_shape(lambda: ImplicitClassifier(
+        "deep_opteq", "conv", (28, 28, 1), 10, width, rngs=nnx.Rngs(0), head_units=head,
+        **design))
+    assert param_count(model) == count

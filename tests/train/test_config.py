@@ -59,3 +59,47 @@ def test_json_and_toml_files(tmp_path):
     (tmp_path / "a.yaml").write_text("epochs: 3")
     with pytest.raises(ConfigError, match="use a .json or .toml file"):
         load_file(tmp_path / "a.yaml")
+
+
+def test_the_deep_chain_design_is_read_from_comma_lists():
+    config = TrainConfig(family="deep_opteq", tier_channels="0.5,1,2", tier_strides="1,2",
+                         activation="relu, relu,softplus", sweep="jacobi")
+    assert config.tier_channel_multipliers == (0.5, 1.0, 2.0)
+    assert config.tier_stride_values == (1, 2)
+    assert config.activations == ("relu", "relu", "softplus")
+    assert TrainConfig().activations == "relu"
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(family="deep_opteq", tier_channels="1;2"), r"tier_channels must be comma-separated"),
+    (dict(family="deep_opteq", tier_channels="1,1,1"), r"one stride per coupling"),
+    (dict(family="opteq", tier_channels="1,2"), r"the opteq family has one layer"),
+    (dict(family="opteq", activation="relu,tanh"), r"one activation per tier is for the "
+                                                   r"deep_opteq family"),
+    (dict(family="deep_opteq", activation="relu,tanh,relu"), r"names 3 activations for a chain "
+                                                             r"of 2 tiers"),
+    (dict(family="deep_opteq", activation="relu,gelu"), r"gelu is not a proximal operator"),
+    (dict(family="opteq", sweep="jacobi"), r"sweep orders the deep OptEq chain"),
+    (dict(family="deep_opteq", sweep="red_black"), r"sweep must be one of jacobi, gauss_seidel"),
+    (dict(kind="dense", head_grid=3), r"head_grid sets the pooling before a conv classifier"),
+    (dict(kind="dense", stem_stride=1), r"the dense classifier has none"),
+])
+def test_bad_designs_are_refused_by_the_config(options, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**options)
+
+
+def test_the_design_is_fixed_on_resume():
+    from optjax.train.config import resume_changes
+
+    saved = TrainConfig(family="deep_opteq").to_dict()
+    for change in (dict(tier_channels="0.5,1"), dict(stem_channels=16), dict(head_grid=3)):
+        field = next(iter(change))
+        with pytest.raises(ConfigError, match=f"{field} .*the parameter layout"):
+            resume_changes(saved, TrainConfig(family="deep_opteq", **change))
+    # the sweep computes the same fixed point: it may change
+    assert resume_changes(saved, TrainConfig(family="deep_opteq", sweep="jacobi")) == [
+        "sweep 'gauss_seidel' -> 'jacobi'"]
+    # a checkpoint written before the design options existed ran with their defaults
+    old = {k: v for k, v in saved.items() if k not in ("tier_channels", "stem_channels")}
+    assert resume_changes(old, TrainConfig(family="deep_opteq")) == []

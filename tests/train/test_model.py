@@ -126,3 +126,17 @@ def test_the_jacobian_penalty_enters_the_deq_training_loss_only():
     step = make_train_step(parts, tx, schedule, sharding.data_mesh(), jacobian_penalty=2.0)
     state, metrics = step(init_state(params, rest, tx), x, y)
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+
+
+def test_the_design_reaches_the_classifier():
+    from flax import nnx
+    from optjax.train.model import build_model
+
+    config = TrainConfig(family="deep_opteq", width=4, tier_channels="0.5,1,2",
+                         tier_strides="1,2", activation="relu,relu,softplus", sweep="jacobi",
+                         stem_channels=8, head_grid=3)
+    model = nnx.eval_shape(lambda: build_model(config, (28, 28, 1), 10))
+    assert model.layer.channels == (2, 4, 8) and model.layer.strides == (1, 2)
+    assert [a.name for a in model.layer.activations] == ["relu", "relu", "softplus"]
+    assert model.layer.sweep == "jacobi" and model.stem.out_features == 8
+    assert model.hidden.in_features == 3 * 3 * 8
