@@ -62,6 +62,15 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
                     "deep_opteq", dict(head_grid=3)),
     "stem_16": ("parameters from the stem and injection into the chain: 16 stem channels",
                 "deep_opteq", dict(stem_channels=16)),
+    "unit_then_coarse": ("an OptEq unit layer on 14 x 14 (an identity tier of width channels "
+                         "under a relu tier of twice as many: s_2 = relu(A A^T s_2 + ...)), "
+                         "then a relu tier on 7 x 7", "deep_opteq",
+                         dict(tier_channels="1,2,2", tier_strides="1,2",
+                              activation="identity,relu,relu")),
+    "units_two_scales": ("OptEq unit layers on 14 x 14 and on 7 x 7 (identity tiers under "
+                         "relu tiers), chained", "deep_opteq",
+                         dict(tier_channels="1,2,1,2", tier_strides="1,2,1",
+                              activation="identity,relu,identity,relu")),
     "safeguarded_anderson": ("the baseline solved by safeguarded Anderson (the chain's "
                              "objective) in place of Gauss-Seidel sweeps", "deep_opteq",
                              dict(solver="safeguarded_anderson")),

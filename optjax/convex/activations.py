@@ -23,9 +23,13 @@ sigmoid       y log y + (1-y) log(1-y) - y^2/2, y in [0, 1]  softplus(t)
 softplus      Li2(e^{-y}) - pi^2/6, y >= 0                   -Li2(-e^t)
 softsign      -abs(y) - log(1 - abs(y)) - y^2/2, abs(y) < 1  abs(t) - log(1 + abs(t))
 arctan        -log cos y - y^2/2, abs(y) < pi/2              t arctan t - log(1 + t^2)/2
+identity      0                                              t^2 / 2
 ============  =============================================  ======================================
 
 (``Li2`` is the dilogarithm; the ``-pi^2/6`` makes the softplus pair satisfy Fenchel--Young.)
+``identity`` (the prox of :math:`f = 0`) makes a layer linear: in a deep OptEq chain, an
+identity layer between two others couples them through itself, e.g. ``s_1 = U x + A^T s_2``,
+``s_2 = relu(A s_1 + b)`` is the unit layer ``s_2 = relu(A A^T s_2 + A U x + b)`` on ``s_2``.
 GELU, SiLU/swish and Mish are not proximal operators: they decrease on a half-line and have slope
 above 1 somewhere.
 
@@ -33,7 +37,7 @@ Examples:
   >>> import jax.numpy as jnp
   >>> from optjax import activations
   >>> activations.available()
-  ('relu', 'leaky_relu', 'hardtanh', 'tanh', 'sigmoid', 'softplus', 'softsign', 'arctan')
+  ('relu', 'leaky_relu', 'hardtanh', 'tanh', 'sigmoid', 'softplus', 'softsign', 'arctan', 'identity')
   >>> activations.get("sigmoid").slope_bound        # s_sigma = sup sigma'
   0.25
   >>> half_tanh = activations.from_function(lambda t: 0.5 * jnp.tanh(t), name="half_tanh")
@@ -143,6 +147,18 @@ def _make(name: str, prox: Callable, potential: Callable, penalty: Callable | No
                       fused)
 
 
+def _identity(t: jax.Array) -> jax.Array:
+    return t
+
+
+def _half_square(t: jax.Array) -> jax.Array:
+    return t * t / 2
+
+
+def _zero_penalty(y: jax.Array) -> jax.Array:
+    return jnp.zeros_like(y)
+
+
 def _leaky_relu(slope: float) -> Activation:
     prox = functools.partial(jax.nn.leaky_relu, negative_slope=slope)
     return _make(
@@ -173,6 +189,7 @@ _REGISTRY: dict[str, Callable[..., Activation]] = {
     "softsign": lambda: _make("softsign", jax.nn.soft_sign, softsign_potential, softsign_penalty),
     "arctan": lambda: _make("arctan", jnp.arctan, arctan_potential, arctan_penalty,
                             fused=arctan_fused),
+    "identity": lambda: _make("identity", _identity, _half_square, _zero_penalty),
 }
 
 _DEFAULTS: dict[str, dict] = {"leaky_relu": {"slope": 0.01}}

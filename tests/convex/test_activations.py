@@ -31,6 +31,7 @@ DOMAIN = {
     "softplus": (0.0, INF),
     "softsign": (-1.0, 1.0),
     "arctan": (-math.pi / 2, math.pi / 2),
+    "identity": (-INF, INF),
 }
 # Where f -> +inf at the boundary of its domain, so the boundary itself is outside.
 OPEN = {"softsign", "arctan"}

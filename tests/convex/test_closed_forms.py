@@ -26,6 +26,7 @@ def test_closed_forms_match_the_table():
         "softplus": -scipy.special.spence(1 + np.exp(t)),  # -Li2(-e^t), no reflection
         "softsign": abs(t) - np.log1p(abs(t)),
         "arctan": t * np.arctan(t) - np.log1p(t * t) / 2,
+        "identity": t * t / 2,
     }
     for name, want in potentials.items():
         np.testing.assert_allclose(activations.get(name).potential(t), want, rtol=1e-12, atol=1e-12)
@@ -69,6 +70,7 @@ def _mp_potential(name, slope=None):
 
     return {
         "relu": lambda t: max(t, 0) ** 2 / 2,
+        "identity": lambda t: t * t / 2,
         "leaky_relu": lambda t: t * t / 2 if t >= 0 else slope * t * t / 2,
         "hardtanh": lambda t: t * t / 2 if abs(t) <= 1 else abs(t) - mp.mpf(1) / 2,
         "tanh": lambda t: mp.log(mp.cosh(t)),

@@ -208,6 +208,25 @@ def test_two_layers_with_identity_top_are_the_unit_layer(activation):
     np.testing.assert_allclose(info.objective, optjax.objective(unit, z, x), rtol=1e-10)
 
 
+def test_an_identity_first_layer_puts_the_unit_layers_recurrence_in_the_second():
+    """s_1 = U x + A^T s_2 (identity: f = 0), s_2 = relu(A s_1 + b) is the unit layer on s_2:
+    s_2 = relu(A A^T s_2 + A U x + b), i.e. z* = A^T s_2 solves the unit layer with W = A,
+    input weight A U and bias b (solved independently by the unit layer's own engine)."""
+    rng = _rng(5)
+    a = jnp.asarray(rng.normal(size=(6, 4)))
+    a = a * (0.9 / np.linalg.norm(a, 2))
+    u, b = jnp.asarray(rng.normal(size=(4, P))), jnp.asarray(rng.normal(size=6))
+    problem = deep.DeepProblem((a,), u, (jnp.zeros(4), b), ("identity", "relu"))
+    x = _x(4)
+    (s1, s2), info = deep.equilibrium(problem, x, sweep="gauss_seidel", tol=1e-13, max_steps=3000)
+    unit = optjax.OptEqProblem(a, "relu", a @ u, b)
+    z, unit_info = jax.jit(lambda p, x: optjax.equilibrium(p, x, tol=1e-13, max_steps=3000))(
+        unit, x)
+    assert bool(jnp.all(info.converged)) and bool(jnp.all(unit_info.converged))
+    np.testing.assert_allclose(s1, x @ u.T + z, atol=1e-11)
+    np.testing.assert_allclose(s2, jax.nn.relu(z @ a.T + x @ (a @ u).T + b), atol=1e-11)
+
+
 def test_normalize_guarantees_the_margin_and_bounds_the_block_matrix():
     rng = _rng(8)
     sizes = (7, 4, 9, 3, 5)
