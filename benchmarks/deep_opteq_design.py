@@ -89,6 +89,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--results", default=None)
     parser.add_argument("--report", action="store_true", help="print the rows file's table")
+    parser.add_argument("--reference-rows", default="benchmarks/results/fashion_mnist_sweep.json",
+                        help="the sweep's rows: OptEq rows of the same setting serve as the "
+                             "reference where this file has none")
     parser.add_argument("--out", default="benchmarks/out/deep_opteq_design")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true",
@@ -112,14 +115,29 @@ def row_key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ("variant", "seed", "epochs", "train_size", "target"))
 
 
-def report(rows: list[dict]) -> str:
+def sweep_references(rows: list[dict]) -> list[dict]:
+    """The sweep's OptEq rows (benchmarks/fashion_mnist_sweep.sh: the same setting, no
+    augmentation) as design rows of the variant ``opteq``, so that full runs need not retrain
+    the reference."""
+    return [{**r, "variant": "opteq", "what": "reference: single-scale OptEq (sweep row)",
+             "tiers": f"{r['width']} @ 14x14"}
+            for r in rows if r["family"] == "opteq" and r["kind"] == "conv"
+            and not r.get("augmented", True) and not r.get("lipschitz_margin")]
+
+
+def report(rows: list[dict], references: list[dict] = ()) -> str:
     """Rows grouped by (budget, epochs, training size), each variant's accuracy and its
-    difference to the OptEq reference of the same seed and group."""
+    difference to the OptEq reference of the same seed and group (a row of this file, else one
+    of ``references``)."""
     out = []
     groups = sorted({(r["target"], r["epochs"], r["train_size"]) for r in rows})
     for target, epochs, size in groups:
         group = [r for r in rows if (r["target"], r["epochs"], r["train_size"]) == (
             target, epochs, size)]
+        own = {r["seed"] for r in group if r["variant"] == "opteq"}
+        group += [r for r in references if (r["target"], r["epochs"], r["train_size"]) == (
+            target, epochs, size) and r["seed"] not in own
+            and any(g["seed"] == r["seed"] for g in group)]
         ref = {r["seed"]: r for r in group if r["variant"] == "opteq"}
         out.append(f"budget {target:,} parameters, {epochs} epochs on {size:,} images:\n")
         out.append("| variant | what it tries | seed | width | tiers (channels @ grid) | params "
@@ -157,8 +175,9 @@ def main(argv=None) -> int:
         for name, (what, family, options) in VARIANTS.items():
             print(f"{name:15s} {family:11s} {options}  {what}")
         return 0
+    references = sweep_references(load_rows(pathlib.Path(args.reference_rows)))
     if args.report:
-        print(report(load_rows(results)))
+        print(report(load_rows(results), references))
         return 0
     sweep = parse_sweep(["--kind", "conv", "--augment-crop", "0", "--no-augment-flip",
                          "--epochs", str(args.epochs), "--train-subset", str(args.train_subset)]
@@ -188,7 +207,8 @@ def main(argv=None) -> int:
                   f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "
                   f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s; row written to "
                   f"{results}", flush=True)
-    print("\n" + report([r for r in load_rows(results) if r["variant"] in args.variants]))
+    print("\n" + report([r for r in load_rows(results) if r["variant"] in args.variants],
+                        references))
     return 0
 
 

@@ -197,9 +197,15 @@ def test_deep_opteq_design_report_gives_each_variant_its_difference_to_opteq(tmp
     rows = [_design_row("opteq", 0, 0.90), _design_row("baseline", 0, 0.885),
             _design_row("jacobi", 0, 0.91), _design_row("opteq", 0, 0.92, epochs=10),
             _design_row("same_scale", 0, 0.93, epochs=10)]
+    rows.append(_design_row("baseline", 1, 0.905, epochs=10))  # its reference: a sweep row
     results = tmp_path / "design.json"
     results.write_text(json.dumps(rows))
-    stdout = _script("deep_opteq_design.py", "--report", "--results", str(results))
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([{**_row("opteq", 1, 0.915), "target": 15000,
+                                  "augmented": False, "lipschitz_margin": 0.0}]))
+    stdout = _script("deep_opteq_design.py", "--report", "--results", str(results),
+                     "--reference-rows", str(sweep))
     short, full = stdout.split("10 epochs")
     assert "| baseline |" in short and "| -1.50 |" in short and "| +1.00 |" in short
-    assert "| same_scale |" in full and "| +1.00 |" in full and "baseline" not in full
+    assert "| same_scale |" in full and "| +1.00 |" in full
+    assert "(sweep row) | 1 |" in full and "| -1.00 |" in full  # 90.5 against the sweep's 91.5
