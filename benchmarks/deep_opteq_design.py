@@ -193,8 +193,9 @@ def main(argv=None) -> int:
             if args.resume and any(row_key(r) == row_key(probe) for r in load_rows(results)):
                 print(f"[{name} seed {seed}] has a row in {results}: skipped", flush=True)
                 continue
+            # the folder names the schedule: a 10-epoch run must not resume a 2-epoch one
             r = run_family(base, family, seed, args.target, out, resume=args.resume,
-                           match_head=True, design=design, name=name)
+                           match_head=True, design=design, name=f"{name}_e{args.epochs}")
             config = base.replace(family=family, seed=seed, width=r["width"],
                                   head_units=r["head_units"], **design)
             model = nnx.eval_shape(lambda: build_model(config, INPUT_SHAPE, NUM_CLASSES))
