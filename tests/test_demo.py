@@ -182,6 +182,7 @@ def test_deep_opteq_design_quick_run_matches_every_variant_to_the_budget(tmp_pat
     rows = json.loads(results.read_text())
     assert [r["variant"] for r in rows] == ["opteq", "three_14_14_7", "three_28_14_7"]
     assert rows[1]["tiers"].count("@") == 3 and "28x28" in rows[2]["tiers"]
+    assert rows[0]["run_dir"].endswith("opteq_e1_seed0")  # the folder names the schedule
     for row in rows:
         assert abs(row["params"] - 6000) <= 0.02 * 6000
     assert "| three_14_14_7 |" in stdout and "minus OptEq" in stdout
