@@ -12,14 +12,15 @@ classifier trained alongside is the reference every variant must beat.
 
 A variant is a set of :class:`optjax.train.config.TrainConfig` options (``tier_channels``,
 ``tier_strides``, ``stem_stride``, ``stem_channels``, ``head_grid``, ``sweep``, ``activation``,
-``rho``, ``solver``): the number of scales and their resolution, the channel split across
-tiers, where the parameters go (couplings, injection, head), the sweep, the activation per
-tier, the norm margin and the forward solver. Everything else is the sweep's setting (``benchmarks/fashion_mnist.py``: AdamW lr 3e-3,
-warm-up 0.5 epochs then cosine, batch 64, tol 1e-3, forward cap 50, backward tolerance 1e-2
-capped at 20 steps). Rows go to ``benchmarks/results/deep_opteq_design.json`` (one per variant,
-seed, epochs, training size and budget; ``--resume`` skips runs that have one and continues an
-interrupted run from its checkpoint). Epoch times are wall-clock on whatever machine runs this:
-compare them within one table only.
+``rho``, ``solver``): the number of scales and their resolution, the channel split across tiers,
+where the parameters go (couplings, injection, head), the sweep, the activation per tier, the norm
+margin and the forward solver. Everything else is the sweep's setting
+(``benchmarks/fashion_mnist.py``: AdamW lr 3e-3, warm-up 0.5 epochs then cosine, batch 64, tol
+1e-3, forward cap 50, backward tolerance 1e-2 capped at 20 steps). Rows go to
+``benchmarks/results/deep_opteq_design.json`` (one per variant, seed, epochs, training size and
+budget; ``--resume`` skips runs that have one and continues an interrupted run from its
+checkpoint). Epoch times are wall-clock on whatever machine runs this: compare them within one
+table only.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import sys
 from flax import nnx
 
 from optjax.train.model import build_model
-from fashion_mnist import (INPUT_SHAPE, NUM_CLASSES, base_config, parse as parse_sweep,  # noqa: E402
-                           run_family)
+from fashion_mnist import (INPUT_SHAPE, NUM_CLASSES, base_config,  # noqa: E402
+                           parse as parse_sweep, run_family)
 from fashion_mnist_rows import clean, fmt, load_rows, result_row  # noqa: E402
 
 #: name -> (what it tries, family, TrainConfig options)

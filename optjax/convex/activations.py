@@ -27,17 +27,16 @@ identity      0                                              t^2 / 2
 ============  =============================================  ======================================
 
 (``Li2`` is the dilogarithm; the ``-pi^2/6`` makes the softplus pair satisfy Fenchel--Young.)
-``identity`` (the prox of :math:`f = 0`) makes a layer linear: in a deep OptEq chain, an
-identity layer between two others couples them through itself, e.g. ``s_1 = U x + A^T s_2``,
-``s_2 = relu(A s_1 + b)`` is the unit layer ``s_2 = relu(A A^T s_2 + A U x + b)`` on ``s_2``.
+``identity`` (the prox of :math:`f = 0`) makes a layer linear (in a deep OptEq chain, an identity
+tier under a relu tier gives it the unit layer's recurrence: docs/maths.md, section 4).
 GELU, SiLU/swish and Mish are not proximal operators: they decrease on a half-line and have slope
 above 1 somewhere.
 
 Examples:
   >>> import jax.numpy as jnp
   >>> from optjax import activations
-  >>> activations.available()
-  ('relu', 'leaky_relu', 'hardtanh', 'tanh', 'sigmoid', 'softplus', 'softsign', 'arctan', 'identity')
+  >>> print(*activations.available())
+  relu leaky_relu hardtanh tanh sigmoid softplus softsign arctan identity
   >>> activations.get("sigmoid").slope_bound        # s_sigma = sup sigma'
   0.25
   >>> half_tanh = activations.from_function(lambda t: 0.5 * jnp.tanh(t), name="half_tanh")
@@ -58,10 +57,10 @@ import numpy as np
 
 from optjax.convex.closed_forms import (
     arctan_fused, arctan_penalty, arctan_potential, fused_with_derivative, hardtanh_fused,
-    hardtanh_penalty, huber, leaky_relu_penalty, leaky_relu_potential, log_cosh,
-    relu_fused, relu_penalty, relu_potential, sigmoid_fused, sigmoid_penalty,
-    softplus_penalty_derivative, softplus_penalty_value, softplus_potential, softsign_penalty,
-    softsign_potential, tanh_fused, tanh_penalty, with_derivative)
+    hardtanh_penalty, huber, identity, identity_penalty, identity_potential, leaky_relu_penalty,
+    leaky_relu_potential, log_cosh, relu_fused, relu_penalty, relu_potential, sigmoid_fused,
+    sigmoid_penalty, softplus_penalty_derivative, softplus_penalty_value, softplus_potential,
+    softsign_penalty, softsign_potential, tanh_fused, tanh_penalty, with_derivative)
 
 __all__ = ["Activation", "NotAProxError", "available", "from_function", "get"]
 
@@ -147,18 +146,6 @@ def _make(name: str, prox: Callable, potential: Callable, penalty: Callable | No
                       fused)
 
 
-def _identity(t: jax.Array) -> jax.Array:
-    return t
-
-
-def _half_square(t: jax.Array) -> jax.Array:
-    return t * t / 2
-
-
-def _zero_penalty(y: jax.Array) -> jax.Array:
-    return jnp.zeros_like(y)
-
-
 def _leaky_relu(slope: float) -> Activation:
     prox = functools.partial(jax.nn.leaky_relu, negative_slope=slope)
     return _make(
@@ -189,7 +176,7 @@ _REGISTRY: dict[str, Callable[..., Activation]] = {
     "softsign": lambda: _make("softsign", jax.nn.soft_sign, softsign_potential, softsign_penalty),
     "arctan": lambda: _make("arctan", jnp.arctan, arctan_potential, arctan_penalty,
                             fused=arctan_fused),
-    "identity": lambda: _make("identity", _identity, _half_square, _zero_penalty),
+    "identity": lambda: _make("identity", identity, identity_potential, identity_penalty),
 }
 
 _DEFAULTS: dict[str, dict] = {"leaky_relu": {"slope": 0.01}}

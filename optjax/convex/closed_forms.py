@@ -113,6 +113,19 @@ def huber(t: jax.Array) -> jax.Array:
     return jnp.where(a <= 1, t * t / 2, a - 0.5)
 
 
+def identity(t: jax.Array) -> jax.Array:
+    """The prox of f = 0."""
+    return t
+
+
+def identity_penalty(y: jax.Array) -> jax.Array:
+    return jnp.zeros_like(y)
+
+
+def identity_potential(t: jax.Array) -> jax.Array:
+    return t * t / 2
+
+
 def relu_penalty(y: jax.Array) -> jax.Array:
     return jnp.where(y >= 0, jnp.zeros_like(y), jnp.inf)
 

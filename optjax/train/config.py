@@ -55,19 +55,19 @@ class TrainConfig(Config):
     ``width`` (features or channels of the equilibrium state), ``head_units`` (hidden units of
     the conv head), ``activation`` (deep_opteq: one name, or one per tier separated by commas),
     ``rho`` (``||W|| <= rho``, OptEq families); the conv stem's ``stem_channels`` and
-    ``stem_stride`` (None: automatic) and the side ``head_grid`` of the grid pooled into the head
-    (None: half the default stem's); deep OptEq's chain: ``tier_channels`` (comma-separated
+    ``stem_stride`` (None: automatic) and the side ``head_grid`` of the grid pooled into the
+    head (None: half the default stem's); deep OptEq's chain: ``tier_channels`` (comma-separated
     multipliers of ``width``, one per tier), ``tier_strides`` (conv: comma-separated, one per
     coupling) and ``sweep`` (gauss_seidel | jacobi); see
-    :class:`optjax.nn.classifiers.ImplicitClassifier`; forward ``solver`` (None: the layer's default), ``tol``,
-    ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it is the forward
-    solver: DEQ's default; None: the solver's own); ``backward`` mode with ``backward_steps``
-    and ``backward_tol``; ``certify`` (OptEq layers: None, the default, certifies in evaluation
-    only, True every call, False never; see :mod:`optjax.nn.opteq`); ``lipschitz_margin``
-    (0: off) trains for certified robustness at that L2 radius (the loss adds the margins that
-    certify it, :func:`optjax.nn.robustness.margin_offsets`; not for DEQ, which has no bound);
-    ``jacobian_penalty`` (DEQ only; 0: off) adds that multiple of the Hutchinson estimate of
-    ``||J||_F^2 / d`` at the equilibrium to the loss (Bai et al. 2021;
+    :class:`optjax.nn.classifiers.ImplicitClassifier`; forward ``solver`` (None: the layer's
+    default), ``tol``, ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it
+    is the forward solver: DEQ's default; None: the solver's own); ``backward`` mode with
+    ``backward_steps`` and ``backward_tol``; ``certify`` (OptEq layers: None, the default,
+    certifies in evaluation only, True every call, False never; see :mod:`optjax.nn.opteq`);
+    ``lipschitz_margin`` (0: off) trains for certified robustness at that L2 radius (the loss
+    adds the margins that certify it, :func:`optjax.nn.robustness.margin_offsets`; not for DEQ,
+    which has no bound); ``jacobian_penalty`` (DEQ only; 0: off) adds that multiple of the
+    Hutchinson estimate of ``||J||_F^2 / d`` at the equilibrium to the loss (Bai et al. 2021;
     :func:`optjax.deq.jacobian_frobenius`): OptEq's Jacobian is bounded by construction.
 
     Optimisation: AdamW with ``learning_rate``, ``weight_decay``, linear warm-up over
