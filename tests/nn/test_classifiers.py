@@ -107,6 +107,7 @@ def _deep(**design):
                               **design)
 
 
+@pytest.mark.slow  # ~9 s of compilation; CI runs the slow set
 def test_deep_tiers_follow_the_channel_multipliers_and_strides():
     images = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
     three = _deep(tier_channels=(0.5, 1, 2), tier_strides=(1, 2))
@@ -128,11 +129,11 @@ def test_deep_tiers_follow_the_channel_multipliers_and_strides():
     assert three(images).shape == (2, 10) and three.pool == 1
 
 
-@pytest.mark.parametrize("design,pool", [
-    ({}, 1), (dict(tier_strides=(1,)), 2), (dict(stem_stride=1, tier_channels=(0.5, 1, 2),
-                                                 tier_strides=(2, 2)), 1),
-    (dict(stem_stride=1), 2), (dict(head_grid=3), 2), (dict(head_grid=1), 7),
-])
+@pytest.mark.parametrize("design,pool", [({}, 1), (dict(head_grid=3), 2)] + [
+    pytest.param(*case, marks=pytest.mark.slow) for case in (  # a compilation each
+        (dict(tier_strides=(1,)), 2),
+        (dict(stem_stride=1, tier_channels=(0.5, 1, 2), tier_strides=(2, 2)), 1),
+        (dict(stem_stride=1), 2), (dict(head_grid=1), 7))])
 def test_the_head_sees_its_grid_whatever_the_stem_and_chain(design, pool):
     model = _deep(**design)
     side = design.get("head_grid", 7)
@@ -141,6 +142,7 @@ def test_the_head_sees_its_grid_whatever_the_stem_and_chain(design, pool):
     assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
 
 
+@pytest.mark.slow  # ~9 s of compilation; CI runs the slow set
 def test_the_stem_options_reach_every_conv_family():
     for family in ("opteq", "deq", "mondeq", "explicit"):
         model = ImplicitClassifier(family, "conv", (28, 28, 1), 10, 4, rngs=nnx.Rngs(0),

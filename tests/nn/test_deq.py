@@ -259,6 +259,7 @@ def test_bad_arguments():
     lambda rngs: (DEQDense(6, 5, activation="tanh", jacobian_penalty=True, rngs=rngs), (3, 6)),
     lambda rngs: (DEQConv(2, 3, activation="tanh", jacobian_penalty=True, rngs=rngs), (3, 4, 4, 2)),
 ], ids=["dense", "conv"])
+@pytest.mark.slow  # ~10 s each (a training step compiled twice); CI runs the slow set
 def test_the_jacobian_penalty_is_sown_in_training_and_lowers_under_its_gradient(make):
     """With jacobian_penalty=True the layer sows one estimate per sample in training mode
     (captured the Flax way, nnx.capture), fresh probes each call, none in evaluation mode; a

@@ -64,8 +64,9 @@ def _check(module, fns, h=1e-5):
     assert abs(float(analytic)) > 1e-3
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "opteq_conv"
-                                  else n for n in MODULES])  # conv: ~10 s, CI runs it
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ("opteq_conv", "deep_conv") else n
+                                  for n in MODULES])  # conv: ~10 s each, CI runs them
 def test_gradients_match_finite_differences_with_the_norm_control_active(name):
     make, shape = MODULES[name]
     module = make()

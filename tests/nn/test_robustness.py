@@ -46,9 +46,9 @@ def _layer_input(model, x):
     return nnx.relu(model.stem(x))
 
 
-# The deep and monDEQ conv bounds are checked with the slow set (CI runs it): each exact
-# Jacobian is a few hundred implicit backward solves.
-_SLOW_CONV = {("deep_opteq", "conv"), ("mondeq", "conv")}
+# The conv bounds are checked with the slow set (CI runs it): each exact Jacobian is a few
+# hundred implicit backward solves (10-16 s each); the dense ones stay in the default suite.
+_SLOW_CONV = {("deep_opteq", "conv"), ("mondeq", "conv"), ("opteq", "conv")}
 
 
 @pytest.mark.parametrize("family,kind", [
