@@ -99,7 +99,7 @@ def tier_sizes(width: int, tier_channels: Sequence[float]) -> tuple[int, ...]:
 
 
 def check_design(family: str, kind: str, stem_channels: int, stem_stride: int | None,
-                  tier_channels: tuple, tier_strides: tuple) -> None:
+                  tier_channels: tuple, tier_strides: tuple, head_grid: int | None = None) -> None:
     """Refuse a stem or chain design that the family and kind do not have (ConfigError)."""
     def positive(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -116,6 +116,11 @@ def check_design(family: str, kind: str, stem_channels: int, stem_stride: int | 
                                     and m > 0 for m in tier_channels):
         raise ConfigError(f"tier_channels must be positive multipliers of the width, one per "
                           f"tier, got {tier_channels!r}")
+    if head_grid is not None and (kind == "dense" or not positive(head_grid)):
+        raise ConfigError(f"head_grid must be a positive int (the side of the conv head's "
+                          f"pooled grid; None: half the default stem's), got {head_grid!r}"
+                          + ("; the dense classifier has no pooling: drop it"
+                             if kind == "dense" else ""))
     if not all(positive(t) for t in tier_strides):
         raise ConfigError(f"tier_strides must be positive ints, got {tier_strides!r}")
     designed = (tier_channels != DEFAULT_TIER_CHANNELS or tier_strides != DEFAULT_TIER_STRIDES)
@@ -138,7 +143,7 @@ Layer = (OptEqDense | OptEqConv | DEQDense | DEQConv | MonDEQDense | MonDEQConv 
 
 
 def _layer(family: str, kind: str, input_shape: tuple[int, ...], width: int, rngs: nnx.Rngs,
-           options: dict[str, Any], stem_channels: int, stem_stride: int,
+           options: dict[str, Any], stem_channels: int, grid: tuple[int, int],
            tier_channels: tuple, tier_strides: tuple) -> Layer:
     """The equilibrium layer (or the explicit block)."""
     h, w, c = input_shape
@@ -159,7 +164,6 @@ def _layer(family: str, kind: str, input_shape: tuple[int, ...], width: int, rng
         if family == "mondeq":
             return MonDEQDense(d, width, rngs=rngs, **options)
         return DeepOptEq(d, tier_sizes(width, tier_channels), rngs=rngs, **options)
-    grid = (-(-h // stem_stride), -(-w // stem_stride))  # the stem's SAME padding rounds up
     if family == "opteq":
         return OptEqConv(stem_channels, width, grid, rngs=rngs, **options)
     if family == "deq":
@@ -233,16 +237,13 @@ class ImplicitClassifier(nnx.Module):
             raise ConfigError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
         tier_channels = tuple(tier_channels)
         tier_strides = tuple(tier_strides)
-        check_design(family, kind, stem_channels, stem_stride, tier_channels, tier_strides)
-        if head_grid is not None and (kind == "dense" or not isinstance(head_grid, int)
-                                      or isinstance(head_grid, bool) or head_grid < 1):
-            raise ConfigError(f"head_grid must be a positive int (the side of the conv head's "
-                              f"pooled grid; None: half the default stem's), got {head_grid!r}"
-                              + ("; the dense classifier has no pooling: drop it"
-                                 if kind == "dense" else ""))
+        check_design(family, kind, stem_channels, stem_stride, tier_channels, tier_strides,
+                     head_grid)
         stride = _stem_stride(self.input_shape) if stem_stride is None else stem_stride
+        # the stem's output grid (SAME padding rounds up): the equilibrium's grid
+        stem_grid = (-(-self.input_shape[0] // stride), -(-self.input_shape[1] // stride))
         self.layer = _layer(family, kind, self.input_shape, width, rngs, layer_options,
-                            stem_channels, stride, tier_channels, tier_strides)
+                            stem_channels, stem_grid, tier_channels, tier_strides)
         h, w, c = self.input_shape
         if kind == "dense":
             self.stem: nnx.Conv | None = None
@@ -259,7 +260,7 @@ class ImplicitClassifier(nnx.Module):
         if head_grid is not None:
             grid_hw = (max(1, head_grid * grid_hw[0] // max(grid_hw)),
                        max(1, head_grid * grid_hw[1] // max(grid_hw)))
-        out_grid: tuple[int, ...] = (-(-h // stride), -(-w // stride))
+        out_grid: tuple[int, ...] = stem_grid
         out_channels = width
         if family == "deep_opteq":
             deep = cast(DeepOptEqConv, self.layer)

@@ -164,11 +164,7 @@ class TrainConfig(Config):
                 f"{name}.sweep orders the deep OptEq chain's tiers; the {self.family} family has "
                 "one layer: drop it (or use family deep_opteq)")
         _check_design(self.family, self.kind, self.stem_channels, self.stem_stride,
-                      self.tier_channel_multipliers, self.tier_stride_values)
-        if self.head_grid is not None:
-            positive_int(name, "head_grid", self.head_grid)
-            require(self.kind == "conv", f"{name}.head_grid sets the pooling before a conv "
-                    "classifier's head; the dense classifier has none: drop it")
+                      self.tier_channel_multipliers, self.tier_stride_values, self.head_grid)
         require(self.kind == "conv" or self.head_units == 32,
                 f"{name}.head_units sets the hidden head of a conv classifier; the dense "
                 f"classifier has none: drop it (got {self.head_units})")

@@ -81,7 +81,7 @@ def test_the_deep_chain_design_is_read_from_comma_lists():
     (dict(family="deep_opteq", activation="relu,gelu"), r"gelu is not a proximal operator"),
     (dict(family="opteq", sweep="jacobi"), r"sweep orders the deep OptEq chain"),
     (dict(family="deep_opteq", sweep="red_black"), r"sweep must be one of jacobi, gauss_seidel"),
-    (dict(kind="dense", head_grid=3), r"head_grid sets the pooling before a conv classifier"),
+    (dict(kind="dense", head_grid=3), r"the dense classifier has no pooling"),
     (dict(kind="dense", stem_stride=1), r"the dense classifier has none"),
 ])
 def test_bad_designs_are_refused_by_the_config(options, match):
