@@ -3,14 +3,24 @@
 import os
 
 # The suite compiles thousands of small programs and runs each a few times, so XLA's compile
-# time dominates it: LLVM's optimisation level 0 for the CPU backend cut the time of
-# tests/engine/test_equilibrium*.py + test_implicit.py (then one file each) from 199 s to 144 s (same machine, one
-# after the other). XLA's own (HLO) optimisations, which decide the fusions, still run, and
-# LLVM does not reorder floating-point operations without fast-math; the whole suite passes
-# with the same tolerances either way. Set before jax starts its backend; child processes
-# (CLI, benchmarks) inherit it.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_backend_optimization_level=0").strip()
+# time dominates it (cProfile of tests/engine/test_contract.py: 68 of 113 s in XLA's
+# backend_compile). Three flags of the CPU backend cut that time; none changes the maths:
+# - LLVM's optimisation level 0 (tests/engine/test_equilibrium*.py + test_implicit.py, one
+#   file each: 199 -> 144 s, Xeon);
+# - LLVM without its expensive passes (test_contract.py alone, one process: 112 -> 91 s, AMD
+#   EPYC, with the first flag);
+# - XLA's classic loop emitters instead of the newer MLIR fusion emitters (the same: 91 -> 53 s
+#   with both flags above). The default suite on 2 cores: 1001 s with the first flag only,
+#   475 s with all three (EPYC, 1144 tests, one run after the other).
+# XLA's own (HLO) optimisations, which decide the fusions, still run, and no flag enables
+# fast-math: the whole suite passes with the same tolerances either way. The production code
+# path (default emitters, full LLVM) is tested by .ci/run's AVX part, which sets
+# OPTJAX_TEST_XLA_DEFAULTS=1. Set before jax starts its backend; child processes (CLI,
+# benchmarks) inherit it.
+_FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                 "--xla_cpu_use_fusion_emitters=false")
+if os.environ.get("OPTJAX_TEST_XLA_DEFAULTS") != "1":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 import jax  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402

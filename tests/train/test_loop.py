@@ -169,7 +169,9 @@ def test_a_non_finite_loss_stops_the_run_and_the_advice_works(tmp_path, monkeypa
                  "--tol", "--weight-decay", "--backward"):
         assert f"{flag} " in accepted
     assert refused.startswith("--dataset --family --kind --width --head-units --activation "
-                              "--jacobian-penalty --train-subset --batch-size --seed)")
+                              "--stem-channels --stem-stride --head-grid --tier-channels "
+                              "--tier-strides --jacobian-penalty --train-subset --batch-size "
+                              "--seed)")
     resumed = run(tiny_config(tmp_path, learning_rate=0.005, grad_clip=0.5, stop_after=5),
                   resume=True)
     assert int(resumed.state.step) == 5 and resumed.ending == "stopped"
