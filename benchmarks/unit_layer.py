@@ -3,6 +3,7 @@ directly and an unrolled loop, all measured side by side in one run.
 
     python benchmarks/unit_layer.py            # the full run recorded in RESULTS.md
     python benchmarks/unit_layer.py --quick    # a small smoke run
+    python benchmarks/unit_layer.py --solver-loop-only   # only the per-step costs (~6 minutes)
 
 Problem: batch 128, d = 256, n = 512, float32, ||W|| in {0.5, 0.9, 0.99}, relu and tanh,
 per-sample tolerance 1e-5 on ||z - T(z)||. Times are medians over repetitions; every figure is
@@ -18,6 +19,9 @@ printed as a ratio to a reference measured in the same run (the machines are sha
   * "solver loop per eval / T": the solver alone (``solve_batch`` on the per-sample map), over a
     compiled loop of as many batched T evaluations, run alternately (median of the ratios): the
     solver's own overhead per step, 1.00 meaning none;
+  * "(F, S) / T": one evaluation of the fused objective and map (``value_and_map``, what the
+    safeguarded solver evaluates every step) over one T, in the same compiled loops; and for that
+    solver its loop over as many (F, S) evaluations: its overhead beyond the map it needs;
   * "fwd+bwd / fwd": cost of the backward pass, per backward mode.
 The run ends with a summary of evaluations and per-step costs over all cases.
 """
@@ -65,6 +69,43 @@ def batched_t(problem, z, c):
     return problem.activation(z @ problem.weight.T + c) @ problem.weight
 
 
+def value_loop(value_and_map, steps):
+    """A compiled loop of ``steps`` batched (F, S) evaluations, F accumulated so that it is
+    computed: the reference for a solver that evaluates (F, S) every step."""
+    batched_vm = jax.vmap(value_and_map)
+
+    def run(z, c):
+        def body(_, state):
+            value, image = batched_vm(state[0], c)
+            return image, state[1] + value
+        return jax.lax.fori_loop(0, steps, body, (z, jnp.zeros(z.shape[0], z.dtype)))
+
+    return jax.jit(run)
+
+
+def solver_loop_cells(solver, fn, value_and_map, z0, c, t_loop_of, args, steps):
+    """The solver alone against as many evaluations of T (and, for a solver that needs the
+    objective, of (F, S)), paired: ``(evaluations, mean, converged, ratio_T, ratio_FS)``."""
+    solve = jax.jit(lambda z0, c: solver.solve_batch(
+        fn, z0, c, tol=args.tol, max_steps=steps, value_and_map=value_and_map))
+    run = solve(z0, c)
+    inner = int(jnp.max(run.evaluations))
+    ratio = paired_ratio(solve, (z0, c), *t_loop_of(inner), reps=args.pair_reps)
+    ratio_fs = None
+    if solver.needs_objective:
+        ratio_fs = paired_ratio(solve, (z0, c), value_loop(value_and_map, inner), (z0, c),
+                                reps=args.pair_reps)
+    converged = None if run.residual is None else int(jnp.sum(run.residual <= args.tol))
+    return inner, float(jnp.mean(run.evaluations)), converged, ratio, ratio_fs
+
+
+def value_and_map_cost(fn, value_and_map, z0, c, args):
+    """(F, S) over T, both in compiled loops of 20 evaluations, paired."""
+    t_loop = jax.jit(lambda z, c: jax.lax.fori_loop(0, 20, lambda _, z: jax.vmap(fn)(z, c), z))
+    return paired_ratio(value_loop(value_and_map, 20), (z0, c), t_loop, (z0, c),
+                        reps=args.pair_reps)
+
+
 def unit_maps(problem):
     """The per-sample map S(z, c) and the fused (F(z), S(z)) that solvers receive: the
     problem's own (what ``optjax.equilibrium`` hands them)."""
@@ -103,38 +144,55 @@ def run_case(activation, norm, args, out):
     t_norm = timeit(jax.jit(optjax.linear_map.spectral_norm), problem.weight, reps=reps)
     fn, value_and_map = unit_maps(problem)
 
+    fs_over_t = value_and_map_cost(fn, value_and_map, z0, c, args)
+
+    def t_loop_of(n):
+        return jax.jit(lambda p, z, c: jax.lax.fori_loop(
+            0, n, lambda _, z: batched_t(p, z, c), z)), (problem, z0, c)
+
     print(f"\n### {activation}, ||W|| = {norm}\n")
     print(f"One T evaluation: {t_eval * 1e3:.3f} ms (the unit below); exact ||W|| for the "
-          f"certificate: {t_norm / t_eval:.1f} T.\n")
-    print("| forward solver | T evals (max / mean) | converged | fwd time / T | "
-          "fwd time per eval / T | solver loop per eval / T |")
-    print("|---|---|---|---|---|---|")
+          f"certificate: {t_norm / t_eval:.1f} T; one (F, S) evaluation: {fs_over_t:.2f} T.\n")
+    if args.solver_loop_only:
+        print("| forward solver | evals in the timed loop (max / mean) | "
+              "solver loop per eval / T | per eval / (F, S) |")
+        print("|---|---|---|---|")
+    else:
+        print("| forward solver | T evals (max / mean) | converged | fwd time / T | "
+              "fwd time per eval / T | solver loop per eval / T | per eval / (F, S) |")
+        print("|---|---|---|---|---|---|---|")
+    out.append(dict(case=(activation, norm), solver="(F, S)", loop=f"{fs_over_t:.2f}"))
     fwd_time = {}
     for label, solver, certify in SOLVERS:
         cap = args.halpern_cap if label.startswith("halpern") else args.max_steps
+        loop_cell = fs_cell = "-"
+        if not certify:
+            # The solver alone (solve_batch), paired with a loop of as many batched T.
+            # (Halpern never converges here: 100 steps measure its per-step cost.)
+            m = 100 if label.startswith("halpern") else cap
+            inner, mean, _, ratio, ratio_fs = solver_loop_cells(
+                solver, fn, value_and_map, z0, c, t_loop_of, args, m)
+            loop_cell = f"{ratio:.2f}"
+            fs_cell = "-" if ratio_fs is None else f"{ratio_fs:.2f}"
+        if args.solver_loop_only:
+            print(f"| {label} | {inner} / {mean:.1f} | {loop_cell} | {fs_cell} |")
+            out.append(dict(case=(activation, norm), solver=label, evals=inner, mean_evals=mean,
+                            loop=loop_cell, fs=fs_cell))
+            continue
         fwd = jax.jit(lambda p, x, s=solver, m=cap, cert=certify:
                       optjax.equilibrium(p, x, solver=s, tol=args.tol, max_steps=m, certify=cert))
         _, info = fwd(problem, x)
         t = timeit(fwd, problem, x, reps=reps)
         evals = int(jnp.max(info.evaluations))
         fwd_time[label] = (t, evals)
-        loop_cell = "-"
-        if not certify:
-            # The solver alone (solve_batch), paired with a loop of as many batched T.
-            # (Halpern never converges here: 100 steps measure its per-step cost.)
-            m = 100 if label.startswith("halpern") else cap
-            solve = jax.jit(lambda z0, c, s=solver, m=m: s.solve_batch(
-                fn, z0, c, tol=args.tol, max_steps=m, value_and_map=value_and_map))
-            inner = int(jnp.max(solve(z0, c).evaluations))
-            t_loop = jax.jit(lambda p, z, c, n=inner: jax.lax.fori_loop(
-                0, n, lambda _, z: batched_t(p, z, c), z))
-            ratio = paired_ratio(solve, (z0, c), t_loop, (problem, z0, c), reps=args.pair_reps)
-            loop_cell = f"{ratio:.2f}"
         print(f"| {label} | {evals} / {float(jnp.mean(info.evaluations)):.1f} | "
               f"{int(jnp.sum(info.converged))}/{args.batch} | {t / t_eval:.1f} | "
-              f"{t / evals / t_eval:.2f} | {loop_cell} |")
+              f"{t / evals / t_eval:.2f} | {loop_cell} | {fs_cell} |")
         out.append(dict(case=(activation, norm), solver=label, evals=evals,
-                        mean_evals=float(jnp.mean(info.evaluations)), loop=loop_cell))
+                        mean_evals=float(jnp.mean(info.evaluations)), loop=loop_cell,
+                        fs=fs_cell))
+    if args.solver_loop_only:
+        return
 
     # The certificate's cost, default solver: certified / uncertified, three ways.
     plain = jax.jit(lambda p, x: optjax.equilibrium(p, x, tol=args.tol, certify=False))
@@ -243,33 +301,38 @@ def run_conv_case(args, out):
     evaluation for every solver of ours, T being the layer's own map (two convolutions)."""
     spatial, channels, batch = ((6, 6), 8, 8) if args.quick else ((14, 14), 36, 64)
     conv = Conv2D.init(jax.random.PRNGKey(0), 3, channels, channels, spatial)
-    conv = dataclasses.replace(conv, kernel=0.9 * conv.kernel / optjax.linear_map.spectral_norm(conv))
+    norm = optjax.linear_map.spectral_norm(conv)
+    conv = dataclasses.replace(conv, kernel=0.9 * conv.kernel / norm)
     problem = optjax.OptEqProblem(conv, "relu")
     rng = np.random.default_rng(1)
     c = jnp.asarray(rng.normal(size=(batch,) + spatial + (channels,)), jnp.float32)
     z0 = jnp.zeros_like(c)
     fn, value_and_map = unit_maps(problem)
     apply = jax.jit(lambda z, c: jax.vmap(fn)(z, c))
+    fs_over_t = value_and_map_cost(fn, value_and_map, z0, c, args)
+
+    def t_loop_of(n):
+        loop = jax.jit(lambda z, c: jax.lax.fori_loop(0, n, lambda _, z: apply(z, c), z))
+        return loop, (z0, c)
+
     print(f"\n### conv relu, ||W|| = 0.9 (3 x 3, {channels} -> {channels} channels on "
           f"{spatial[0]} x {spatial[1]}, batch {batch})\n")
-    print("| forward solver | T evals (max / mean) | converged | solver loop per eval / T |")
-    print("|---|---|---|---|")
+    print(f"One (F, S) evaluation: {fs_over_t:.2f} T.\n")
+    print("| forward solver | T evals (max / mean) | converged | solver loop per eval / T | "
+          "per eval / (F, S) |")
+    print("|---|---|---|---|---|")
+    out.append(dict(case=("conv relu", 0.9), solver="(F, S)", loop=f"{fs_over_t:.2f}"))
     for label, solver, _ in SOLVERS:
         if label.startswith("jaxopt"):
             continue
         m = 100 if label.startswith("halpern") else args.max_steps
-        solve = jax.jit(lambda z0, c, s=solver, m=m: s.solve_batch(
-            fn, z0, c, tol=args.tol, max_steps=m, value_and_map=value_and_map))
-        run = solve(z0, c)
-        inner = int(jnp.max(run.evaluations))
-        t_loop = jax.jit(lambda z, c, n=inner: jax.lax.fori_loop(
-            0, n, lambda _, z: apply(z, c), z))
-        ratio = paired_ratio(solve, (z0, c), t_loop, (z0, c), reps=args.pair_reps)
-        converged = int(jnp.sum(run.residual <= args.tol))
-        print(f"| {label} | {inner} / {float(jnp.mean(run.evaluations)):.1f} | "
-              f"{converged}/{batch} | {ratio:.2f} |")
-        out.append(dict(case=("conv relu", 0.9), solver=label, evals=inner,
-                        mean_evals=float(jnp.mean(run.evaluations)), loop=f"{ratio:.2f}"))
+        inner, mean, converged, ratio, ratio_fs = solver_loop_cells(
+            solver, fn, value_and_map, z0, c, t_loop_of, args, m)
+        fs_cell = "-" if ratio_fs is None else f"{ratio_fs:.2f}"
+        print(f"| {label} | {inner} / {mean:.1f} | {converged}/{batch} | {ratio:.2f} | "
+              f"{fs_cell} |")
+        out.append(dict(case=("conv relu", 0.9), solver=label, evals=inner, mean_evals=mean,
+                        loop=f"{ratio:.2f}", fs=fs_cell))
 
 
 def main(argv=None) -> int:
@@ -281,6 +344,8 @@ def main(argv=None) -> int:
     parser.add_argument("--halpern-cap", type=int, default=2000)
     parser.add_argument("--pair-reps", type=int, default=21,
                         help="alternating runs for the solver-loop ratios")
+    parser.add_argument("--solver-loop-only", action="store_true",
+                        help="only the per-step costs: the solver loops against T and (F, S)")
     args = parser.parse_args(argv)
     args.batch, args.d, args.n, args.p = (16, 32, 48, 16) if args.quick else (128, 256, 512, 64)
     norms = (0.9,) if args.quick else (0.5, 0.9, 0.99)
@@ -291,8 +356,8 @@ def main(argv=None) -> int:
           f"batch {args.batch}, d {args.d}, n {args.n}, float32, tol {args.tol:g}, "
           f"median of {args.reps} runs")
     out = []
-    # One LAPACK thread, as the optjax command uses (optjax/linalg/lapack.py): with two, the exact norm
-    # took 800 ms instead of 4 whenever another process used a core.
+    # One LAPACK thread, as the optjax command uses (optjax/linalg/lapack.py): with two, the exact
+    # norm took 800 ms instead of 4 whenever another process used a core.
     with single_threaded():
         for act in acts:
             for norm in norms:
@@ -307,28 +372,28 @@ def summary(out):
     labels = [label for label, _, certify in SOLVERS if not certify]
     cell = {(row["case"], row["solver"]): row for row in out}
     header = " | ".join(f"{act} {norm}" for act, norm in cases)
-    print("\n### Summary: evaluations of T to the per-sample tolerance "
-          "(max / mean over the batch)\n")
-    print(f"| solver | {header} |")
-    print("|---" * (len(cases) + 1) + "|")
-    for label in labels:
-        evals = [f"{cell[c, label]['evals']} / {cell[c, label]['mean_evals']:.1f}"
-                 if (c, label) in cell else "-" for c in cases]
-        print(f"| {label} | " + " | ".join(evals) + " |")
-    print("\n### Summary: default call (certificate included) / uncertified solve\n")
-    print(f"| call | {header} |")
-    print("|---" * (len(cases) + 1) + "|")
-    for key, text in (("eager", "eager (norm cached per array)"),
-                      ("carried", "jit, norm carried"), ("recomputed", "jit, norm recomputed")):
-        print(f"| {text} | " + " | ".join(f"{cell[c, 'certificate'][key]:.2f}"
-                                        if (c, "certificate") in cell else "-" for c in cases)
-              + " |")
-    print("\n### Summary: solver loop time per evaluation / T\n")
-    print(f"| solver | {header} |")
-    print("|---" * (len(cases) + 1) + "|")
-    for label in labels:
-        print(f"| {label} | " + " | ".join(cell[c, label]["loop"] if (c, label) in cell else "-"
-                                           for c in cases) + " |")
+
+    def table(title, rows):  # rows: (label, function of a case's cell or None)
+        print(f"\n### Summary: {title}\n\n| solver | {header} |\n"
+              + "|---" * (len(cases) + 1) + "|")
+        for label, key, text in rows:
+            print(f"| {text or label} | " + " | ".join(
+                key(cell[c, label]) if (c, label) in cell else "-" for c in cases) + " |")
+
+    table("evaluations of T to the per-sample tolerance (max / mean over the batch; with "
+          "--solver-loop-only, those of the timed loops, Halpern capped at 100)",
+          [(label, lambda r: f"{r['evals']} / {r['mean_evals']:.1f}", None) for label in labels])
+    if any(row["solver"] == "certificate" for row in out):
+        table("default call (certificate included) / uncertified solve",
+              [("certificate", lambda r, k=key: f"{r[k]:.2f}", text) for key, text in (
+                  ("eager", "eager (norm cached per array)"), ("carried", "jit, norm carried"),
+                  ("recomputed", "jit, norm recomputed"))])
+    table("solver loop time per evaluation / T (first row: one (F, S) evaluation / T)",
+          [("(F, S)", lambda r: r["loop"], "(F, S) evaluation")]
+          + [(label, lambda r: r["loop"], None) for label in labels])
+    table("solver loop time per evaluation / (F, S), for the solvers that evaluate (F, S)",
+          [(label, lambda r: r["fs"], None) for label, s, c in SOLVERS
+           if not c and s.needs_objective])
 
 
 if __name__ == "__main__":

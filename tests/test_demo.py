@@ -35,7 +35,8 @@ def _script(name, *args, timeout=300):
 @pytest.mark.slow
 def test_benchmark_quick_run_prints_its_tables():
     stdout = _script("unit_layer.py", "--quick")
-    for needle in ("forward solver", "jaxopt.FixedPointIteration", "unrolled loop", "backward mode"):
+    for needle in ("forward solver", "jaxopt.FixedPointIteration", "unrolled loop", "backward mode",
+                   "(F, S) evaluation", "per eval / (F, S)"):
         assert needle in stdout
 
 
