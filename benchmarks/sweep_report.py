@@ -3,13 +3,16 @@ figures, from the rows file alone (trains nothing).
 
     .venv/bin/python benchmarks/sweep_report.py                      # tables to stdout
     .venv/bin/python benchmarks/sweep_report.py --figures docs/figures
+    .venv/bin/python benchmarks/sweep_report.py --long benchmarks/results/fashion_mnist_long.json
 
 Tables: for every (budget, augmentation) setting, test accuracy per family over seeds (mean, sd)
 with the paired difference to OptEq per seed (a seed fixes the initialisation and the data
 order of every family), and forward solver steps per training epoch of the implicit families.
 Figures: ``accuracy_per_parameter.png`` (test accuracy against parameters, one line per family,
 error bars the seeds' standard deviation; rows without augmentation) and
-``forward_steps_per_epoch.png`` (training forward steps per epoch, one panel per budget).
+``forward_steps_per_epoch.png`` (training forward steps per epoch, one panel per budget, and
+with ``--long`` one more per budget of the longer runs in that rows file: the same setting
+trained for more epochs, to show the step counts past the sweep's 10).
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def text_report(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def figures(rows: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
+def figures(rows: list[dict], out: pathlib.Path,
+            long_rows: list[dict] | None = None) -> list[pathlib.Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,11 +109,16 @@ def figures(rows: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
     fig.savefig(accuracy, dpi=120)
     plt.close(fig)
 
-    targets = sorted({r["target"] for r in rows})
-    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)
-    for ax, target in zip(axes[0], targets):
+    panels = [(target, rows, f"{target:,} parameters")
+              for target in sorted({r["target"] for r in rows})]
+    long_rows = long_rows or []
+    for target in sorted({r["target"] for r in long_rows}):
+        epochs = max(r["epochs"] for r in long_rows if r["target"] == target)
+        panels.append((target, long_rows, f"{target:,} parameters, {epochs} epochs"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+    for ax, (target, source, title) in zip(axes[0], panels):
         for family in ORDER:
-            runs = [r for r in rows if r["family"] == family and r["target"] == target
+            runs = [r for r in source if r["family"] == family and r["target"] == target
                     and r["family"] != "explicit" and not r["augmented"]]
             if not runs:
                 continue
@@ -117,7 +126,7 @@ def figures(rows: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
             mean = [statistics.mean(r["per_epoch"][e]["steps"] for r in runs)
                     for e in range(epochs)]
             ax.plot(range(1, epochs + 1), mean, marker=".", label=family)
-        ax.set_title(f"{target:,} parameters")
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("forward steps per batch (train)")
@@ -133,14 +142,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=DEFAULT_ROWS)
     parser.add_argument("--figures", default=None, help="write the PNG figures into this folder")
+    parser.add_argument("--long", default=None,
+                        help="rows file of longer runs: their tables, and a steps panel each")
     args = parser.parse_args(argv)
     rows = load_rows(pathlib.Path(args.results))
-    if not rows:
-        print(f"no rows in {args.results}")
+    long_rows = load_rows(pathlib.Path(args.long)) if args.long else []
+    if not rows or (args.long and not long_rows):
+        print(f"no rows in {args.results if not rows else args.long}")
         return 1
     print(text_report(rows))
+    if long_rows:
+        print(f"## Longer runs ({args.long})\n\n" + text_report(long_rows))
     if args.figures:
-        for path in figures(rows, pathlib.Path(args.figures)):
+        for path in figures(rows, pathlib.Path(args.figures), long_rows):
             print(f"written: {path}")
     return 0
 

@@ -153,6 +153,19 @@ def test_sweep_report_prints_paired_tables_per_budget_and_writes_both_figures(tm
     assert "| opteq | 2 | 9.0 | 6.5 |" in stdout and "| deq | 2 | 9.0 | 11.5 |" in stdout, stdout
     for name in ("accuracy_per_parameter.png", "forward_steps_per_epoch.png"):
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # longer runs (--long): their own tables after the sweep's, and one more steps panel
+    def width(name):  # from the PNG header (IHDR)
+        return int.from_bytes((tmp_path / "figures" / name).read_bytes()[16:20], "big")
+
+    narrow = width("forward_steps_per_epoch.png")
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps([dict(_sweep_row("opteq", 15000, 0, 0.915, (8.0, 6.0, 6.5)),
+                                     epochs=3)]))
+    stdout = _script("sweep_report.py", "--results", str(results), "--long", str(long),
+                     "--figures", str(tmp_path / "figures"))
+    assert stdout.index("## Longer runs") > stdout.index("### 40,000 parameters"), stdout
+    assert "| opteq | 1 | 8.0 | 6.0 | 6.5 |" in stdout.split("## Longer runs")[1], stdout
+    assert width("forward_steps_per_epoch.png") == narrow * 3 // 2  # 3 panels, not 2
 
 
 def test_robustness_report_shows_certified_and_attacked_accuracy_and_no_bound_for_deq(tmp_path):
