@@ -3,7 +3,7 @@ directly and an unrolled loop, all measured side by side in one run.
 
     python benchmarks/unit_layer.py            # the full run recorded in RESULTS.md
     python benchmarks/unit_layer.py --quick    # a small smoke run
-    python benchmarks/unit_layer.py --solver-loop-only   # only the per-step costs (~6 minutes)
+    python benchmarks/unit_layer.py --solver-loop-only   # only the per-step costs (~10 minutes)
 
 Problem: batch 128, d = 256, n = 512, float32, ||W|| in {0.5, 0.9, 0.99}, relu and tanh,
 per-sample tolerance 1e-5 on ||z - T(z)||. Times are medians over repetitions; every figure is
@@ -20,8 +20,8 @@ printed as a ratio to a reference measured in the same run (the machines are sha
     compiled loop of as many batched T evaluations, run alternately (median of the ratios): the
     solver's own overhead per step, 1.00 meaning none;
   * "(F, S) / T": one evaluation of the fused objective and map (``value_and_map``, what the
-    safeguarded solver evaluates every step) over one T, in the same compiled loops; and for that
-    solver its loop over as many (F, S) evaluations: its overhead beyond the map it needs;
+    safeguarded solver evaluates every step) over one of the map alone, each in a loop of 20;
+    and for that solver its loop over as many (F, S) evaluations: its overhead beyond its map;
   * "fwd+bwd / fwd": cost of the backward pass, per backward mode.
 The run ends with a summary of evaluations and per-step costs over all cases.
 """
