@@ -53,8 +53,8 @@ import jax
 from optjax.nn.classifiers import HEAD_UNITS, matched_size, matched_width
 from optjax.train.config import TrainConfig
 from optjax.train.loop import train
-from fashion_mnist_rows import (clean, load_rows, report, result_row, same_run, save_row,  # noqa: E402
-                                seed_summary, table)
+from fashion_mnist_rows import (clean, holds_the_rows_run, load_rows, report,  # noqa: E402
+                                result_row, same_run, save_row, seed_summary, table)
 from optjax.train.model import design_options, layer_options
 
 FAMILIES = {"dense": ("opteq", "deq", "mondeq", "explicit"),
@@ -67,6 +67,7 @@ DEFAULTS = {  # per kind: target, learning rate, warm-up, crop, flip, backward t
                  augment_flip=True, backward_tol=1e-2, backward_steps=20, anderson_ridge=0.0),
 }
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
+EPOCHS = 10  # the length of the recorded runs and of the sweep's
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -84,7 +85,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--jacobian-penalty", type=float, default=0.0,
                         help="DEQ: weight of the Hutchinson Jacobian penalty (TrainConfig."
                              "jacobian_penalty; 0: off, the recorded runs)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--train-subset", type=int, default=60000,
                         help="first n training images (60000: all)")
     parser.add_argument("--test-subset", type=int, default=None,
@@ -167,10 +168,14 @@ def base_config(args) -> TrainConfig:
 
 def setting(base: TrainConfig, target: int) -> str:
     """The folder of a (budget, augmentation) setting under ``--out/<kind>/``: empty for the
-    recorded conv comparison (100,000 parameters, augmented), else e.g. ``p15000_noaug``."""
+    recorded conv comparison (100,000 parameters, augmented), else e.g. ``p15000_noaug``, and
+    ``p15000_noaug_ep20`` for a full-data run of another length than 10 epochs (``--resume``
+    may change the epochs: a 20-epoch run must not continue a 10-epoch run's checkpoint)."""
     augmented = bool(base.augment_crop or base.augment_flip)
     margin = f"_lm{base.lipschitz_margin:g}" if base.lipschitz_margin else ""
     margin += f"_jp{base.jacobian_penalty:g}" if base.jacobian_penalty else ""
+    if base.epochs != EPOCHS and base.train_subset is None:  # not a --quick smoke run
+        margin += f"_ep{base.epochs}"
     if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented and
                                 not margin):
         return ""
@@ -239,7 +244,6 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
     batches of epoch 0, the updates discarded. Written to the row as ``backward_at_end``."""
     from optjax.train.checkpoint import Checkpoints
     from optjax.train.loop import epoch_order, prepare
-    from optjax.train.metrics import read_metrics
 
     rows = load_rows(results)
     for row in rows:
@@ -250,10 +254,7 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
         config = TrainConfig.from_dict({**row["config"], "out_dir": str(run_dir)})
         checkpoints = Checkpoints(run_dir / "checkpoints", config)
         step = checkpoints.latest_step() if (run_dir / "checkpoints").is_dir() else None
-        logged = [r for r in read_metrics(run_dir / "metrics.jsonl", "epoch")] \
-            if (run_dir / "metrics.jsonl").is_file() else []
-        same = bool(logged) and len(logged) == len(row["per_epoch"]) and \
-            logged[-1]["loss"] == row["per_epoch"][-1]["loss"]  # the row's own run
+        same = holds_the_rows_run(row, run_dir)
         if step is None or not same or \
                 step != row["epochs"] * (row["train_size"] // config.batch_size):
             print(f"[{row['family']} seed {row['seed']}] {run_dir} does not hold this row's run "

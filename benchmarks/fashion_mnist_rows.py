@@ -9,7 +9,7 @@ import pathlib
 import statistics
 
 __all__ = ["fmt", "clean", "table", "result_row", "key", "same_run", "load_rows", "save_row",
-           "report", "seed_summary", "RECORDED_TARGETS"]
+           "report", "seed_summary", "holds_the_rows_run", "RECORDED_TARGETS"]
 
 # The budget of rows written before the sweep recorded one (the recorded comparisons).
 RECORDED_TARGETS = {"dense": 120000, "conv": 100000}
@@ -84,6 +84,21 @@ def key(row: dict) -> tuple:
 
 def same_run(a: dict, b: dict) -> bool:
     return key(a) == key(b)
+
+
+def holds_the_rows_run(row: dict, run_dir: pathlib.Path) -> bool:
+    """Whether ``run_dir`` holds the finished run that ``row`` records: its metrics log has the
+    row's epochs with the row's last training loss. (A folder is reused by another run of the
+    same family, seed and setting, e.g. one still training, or of another length before the
+    folder names carried it.)"""
+    from optjax.train.metrics import read_metrics
+
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file() or not row.get("per_epoch"):
+        return False
+    logged = read_metrics(log, "epoch")
+    return len(logged) == len(row["per_epoch"]) and \
+        logged[-1]["loss"] == row["per_epoch"][-1]["loss"]
 
 
 def load_rows(path: pathlib.Path) -> list[dict]:

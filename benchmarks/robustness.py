@@ -20,7 +20,7 @@ import json
 import pathlib
 import sys
 
-from fashion_mnist_rows import clean, load_rows  # benchmarks/ is on sys.path
+from fashion_mnist_rows import clean, holds_the_rows_run, load_rows  # benchmarks/ on sys.path
 
 OUT = "benchmarks/results/fashion_mnist_robustness.json"
 KEY = ("family", "target", "augmented", "lipschitz_margin", "seed")
@@ -48,6 +48,10 @@ def measure(rows_files, out_root, epsilons, samples, pgd_steps, results: pathlib
             directory = run_dir(row, out_root)
             if not (directory / "checkpoints").is_dir():
                 print(f"[{key(row)}] no checkpoint in {directory}: skipped", flush=True)
+                continue
+            if not holds_the_rows_run(row, directory):
+                print(f"[{key(row)}] {directory} holds another run than this row's (its metrics "
+                      "log differs: another length, or still training): skipped", flush=True)
                 continue
             report = evaluate_robustness(directory, epsilons, samples=samples,
                                          pgd_steps=pgd_steps)

@@ -224,3 +224,42 @@ def test_deep_opteq_design_report_gives_each_variant_its_difference_to_opteq(tmp
     assert "| baseline |" in short and "| -1.50 |" in short and "| +1.00 |" in short
     assert "| same_scale |" in full and "| +1.00 |" in full
     assert "(sweep row) | 1 |" in full and "| -1.00 |" in full  # 90.5 against the sweep's 91.5
+
+
+def _benchmark_module(name):
+    """Import ``benchmarks/<name>.py`` (its siblings on the path, as when it runs)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return __import__(name)
+
+
+def test_a_run_of_another_length_gets_its_own_folder():
+    """A 20-epoch run must not --resume the 10-epoch run of the same family, seed and budget."""
+    from optjax.train.config import TrainConfig
+
+    setting = _benchmark_module("fashion_mnist").setting
+    plain = dict(kind="conv", augment_crop=0, augment_flip=False)
+    assert setting(TrainConfig(**plain, epochs=10), 15000) == "p15000_noaug"
+    assert setting(TrainConfig(**plain, epochs=20), 15000) == "p15000_noaug_ep20"
+    # a --quick smoke run (a subset, one epoch) keeps the recorded comparison's folder
+    quick = TrainConfig(kind="conv", augment_crop=2, augment_flip=True, epochs=1,
+                        train_subset=512)
+    assert setting(quick, 100000) == ""
+
+
+def test_robustness_skips_a_folder_that_holds_another_run_than_the_rows(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    log = [{"event": "epoch", "epoch": e, "loss": 1.0 / (e + 1)} for e in range(3)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    row = dict(family="opteq", target=15000, augmented=False, lipschitz_margin=0.0, seed=0,
+               params=15000, test_accuracy=0.9, run_dir=str(run),
+               per_epoch=[{"loss": 1.0}, {"loss": 0.5}])  # two epochs: the folder's run has three
+    rows, out = tmp_path / "rows.json", tmp_path / "robustness.json"
+    rows.write_text(json.dumps([row]))
+    stdout = _script("robustness.py", "--results", str(rows), "--rows", str(out))
+    assert "holds another run than this row's" in stdout, stdout
+    assert not out.exists()
+    holds = _benchmark_module("fashion_mnist_rows").holds_the_rows_run
+    assert not holds(row, run)
+    assert holds(dict(row, per_epoch=[{"loss": 1.0}, {"loss": 0.5}, {"loss": 1 / 3}]), run)
