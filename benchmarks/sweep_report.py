@@ -96,7 +96,7 @@ def figures(rows: list[dict], out: pathlib.Path,
                 points.append((statistics.mean(r["params"] for r in runs),
                                statistics.mean(acc), sd, len(acc)))
         xs, ys, es, ns = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{ORDER.index(family)}",
                     label=f"{family} (seeds: {'/'.join(map(str, ns))})")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
@@ -125,12 +125,14 @@ def figures(rows: list[dict], out: pathlib.Path,
             epochs = min(len(r["per_epoch"]) for r in runs)
             mean = [statistics.mean(r["per_epoch"][e]["steps"] for r in runs)
                     for e in range(epochs)]
-            ax.plot(range(1, epochs + 1), mean, marker=".", label=family)
+            # one colour per family in every panel (a panel may lack a family)
+            ax.plot(range(1, epochs + 1), mean, marker=".", label=family,
+                    color=f"C{ORDER.index(family)}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     axes[0][0].set_ylabel("forward steps per batch (train)")
-    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     steps = out / "forward_steps_per_epoch.png"
     fig.savefig(steps, dpi=120)
