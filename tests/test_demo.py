@@ -235,16 +235,17 @@ def _benchmark_module(name):
 
 def test_a_run_of_another_length_gets_its_own_folder():
     """A 20-epoch run must not --resume the 10-epoch run of the same family, seed and budget."""
-    from optjax.train.config import TrainConfig
+    bench = _benchmark_module("fashion_mnist")
 
-    setting = _benchmark_module("fashion_mnist").setting
-    plain = dict(kind="conv", augment_crop=0, augment_flip=False)
-    assert setting(TrainConfig(**plain, epochs=10), 15000) == "p15000_noaug"
-    assert setting(TrainConfig(**plain, epochs=20), 15000) == "p15000_noaug_ep20"
+    def folder(*argv):  # the setting's folder of a command line, as the script derives it
+        args = bench.parse(["--kind", "conv", *argv])
+        return bench.setting(bench.base_config(args), args.target)
+
+    plain = ("--target", "15000", "--augment-crop", "0", "--no-augment-flip")
+    assert folder(*plain) == "p15000_noaug"
+    assert folder(*plain, "--epochs", "20") == "p15000_noaug_ep20"
     # a --quick smoke run (a subset, one epoch) keeps the recorded comparison's folder
-    quick = TrainConfig(kind="conv", augment_crop=2, augment_flip=True, epochs=1,
-                        train_subset=512)
-    assert setting(quick, 100000) == ""
+    assert folder("--quick") == ""
 
 
 def test_robustness_skips_a_folder_that_holds_another_run_than_the_rows(tmp_path):
