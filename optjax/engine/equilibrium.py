@@ -209,6 +209,7 @@ def equilibrium(
     refused = refusal(solver_cfg, problem, _registered_solvers())
     if refused is not None:
         raise ConfigError(refused)
+    solver_cfg = solver_cfg.specialise(problem.map_properties)
     backward_cfg = _resolve_backward(problem, backward, backward_options)
     x = problem.check_input(x)
     problem.check_feature(feature)

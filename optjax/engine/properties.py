@@ -18,6 +18,9 @@ property                  meaning (per sample, for parameters meeting the family
                           c\,\|y - S(y)\|^2`, :math:`c > 0`
 ``FORWARD_BACKWARD``      :math:`S(y) = \operatorname{prox}_R(y - \nabla G(y))` with :math:`G`
                           convex and 1-smooth in the Euclidean metric (a step :math:`1/L`)
+``GRADIENT_STEP``         :math:`S(y) = y - \nabla F(y)` with :math:`F` convex and 1-smooth
+                          (forward-backward with :math:`R = 0`): F's change between two points
+                          is bounded by their residuals alone
 ========================  ======================================================================
 """
 
@@ -41,6 +44,7 @@ class MapProperty(enum.Flag):
     CONTRACTION = enum.auto()
     OBJECTIVE = enum.auto()
     FORWARD_BACKWARD = enum.auto()
+    GRADIENT_STEP = enum.auto()
 
 
 _WORDS = {
@@ -48,6 +52,7 @@ _WORDS = {
     MapProperty.CONTRACTION: "a contraction",
     MapProperty.OBJECTIVE: "an explicit objective that the plain step decreases",
     MapProperty.FORWARD_BACKWARD: "a forward-backward step of size 1/L on a smooth objective",
+    MapProperty.GRADIENT_STEP: "a gradient step of size 1/L on a smooth convex objective",
 }
 
 

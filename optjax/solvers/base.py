@@ -88,6 +88,12 @@ class Solver(Config):
         reports it per sample). Default: nothing."""
         return None
 
+    def specialise(self, props: MapProperty) -> "Solver":
+        """This configuration for a map with properties ``props`` (the engine calls it once the
+        solver's needs are met): a solver with a choice that depends on the map resolves it
+        here, or refuses a setting the map cannot support. Default: unchanged."""
+        return self
+
     def run(
         self,
         fn: Callable[[jax.Array], jax.Array],

@@ -41,9 +41,36 @@ unconditionally by the descent lemma. Hence along the accepted iterates
 while the accepted steps are Anderson's. Every evaluated pair :math:`(y, S(y))`, rejected or not,
 enters the Anderson history (it is a true evaluation of :math:`S`).
 
+**The test without F** (``decrease_test="gradient"``). Where :math:`S(y) = y - \nabla F(y)`
+with :math:`F` convex and 1-smooth (``MapProperty.GRADIENT_STEP``: an OptEq problem without a
+prior), write :math:`g(z) = S(z) - z = -\nabla F(z)`. Co-coercivity of the gradient gives, for
+any :math:`x, y` (Nesterov, *Introductory Lectures on Convex Optimization*, theorem 2.1.5)
+
+.. math::
+
+    F(y) \le F(x) - \langle g(y), y - x\rangle - \tfrac12 \|g(y) - g(x)\|^2 ,
+
+so the decrease test holds whenever
+:math:`-\langle g(y), y - x_k\rangle - \tfrac12\|g(y) - g(x_k)\|^2 \le
+-\tfrac{\delta}{2}\|g(x_k)\|^2 + \varepsilon_k`: the same sufficient decrease, hence the same
+guarantee, decided from the evaluated pairs alone. Each step then evaluates S alone (one
+:math:`T`, no potential :math:`\Phi`), and the compared terms are of the size of the residuals,
+not of :math:`|F|`: near tol their rounding is :math:`\epsilon\,\|z\|\,\|g\|` where the
+values of F differ in their last bits. The bound is conservative by the Bregman gap of F, so it
+may reject a candidate the objective test accepts. Here
+:math:`\varepsilon_k = 256\,\epsilon\,(\|x_k\| + \|y - x_k\| + \|g(x_k)\|)
+(3\|y - x_k\| + \|g(y)\|)`: a few :math:`\epsilon` of each computed residual component times
+the vectors it multiplies, with :math:`\|x\| + \|S(x)\| + \|y\| + \|S(y)\|` and
+:math:`\|g(y) - g(x_k)\|` bounded through :math:`S`'s nonexpansiveness (a gradient step on a
+convex 1-smooth F is nonexpansive), so that one pass over the four vectors decides.
+``decrease_test="auto"`` (default) is resolved by the engine from the problem's map properties
+(:meth:`SafeguardedAnderson.specialise`): the gradient test where the map is a gradient step,
+the objective test otherwise (and when the solver is called directly).
+
 Cost: one evaluation per step, a rejected candidate included (``evaluations = steps + 1``). It
 stops on :math:`\|x_k - S(x_k)\| \le` tol at an accepted iterate and returns :math:`x_k` with its
-image. It needs the problem's objective (``value_and_map``) and refuses problems without one.
+image. The objective test needs the problem's objective (``value_and_map``) and refuses problems
+without one.
 """
 
 from __future__ import annotations
@@ -54,12 +81,15 @@ from typing import Any, Callable, ClassVar, cast
 import jax
 import jax.numpy as jnp
 
-from optjax.config import in_interval, require
+from optjax.config import ConfigError, in_interval, require
 from optjax.engine.properties import MapProperty
 from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
                                   freeze)
 from optjax.solvers.anderson import (coefficients, extrapolate, push, start_history,
                                      validate_anderson)
+
+
+TESTS = ("auto", "objective", "gradient")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +98,23 @@ class SafeguardedAnderson(Solver):
     accepted only if the objective decreases by ``decrease`` times the plain step's guaranteed
     decrease; otherwise a plain step.
 
+    ``decrease_test``: ``"objective"`` compares values of F (``value_and_map``);
+    ``"gradient"`` bounds the decrease from the residuals alone and evaluates S only (valid
+    where S is a gradient step on a convex 1-smooth F, ``MapProperty.GRADIENT_STEP``);
+    ``"auto"`` (default): the engine picks ``"gradient"`` where the map supplies that property,
+    else ``"objective"`` (``"objective"`` too when the solver is called directly).
+
     ``monitor`` (debugging, slows the solve): a host function called after every step as
     ``monitor(step, active, accepted, point, value)`` with the batch's current (accepted)
-    points and their objective values; ``None`` (default) costs nothing.
+    points and their objective values; ``None`` (default) costs nothing. Under the gradient
+    test F is evaluated only to be recorded (``trace`` or ``monitor``), where the problem has it.
     """
 
     history: int = 5
     ridge: float = 1e-5
     mixing: float = 1.0
     decrease: float = 0.5
+    decrease_test: str = "auto"
     monitor: Callable | None = None
 
     name: ClassVar[str] = "safeguarded_anderson"
@@ -90,53 +128,98 @@ class SafeguardedAnderson(Solver):
     def _validate(self) -> None:
         validate_anderson("SafeguardedAnderson", self.history, self.ridge, self.mixing)
         in_interval("SafeguardedAnderson", "decrease", self.decrease, 0.0, 1.0)
+        require(self.decrease_test in TESTS,
+                f"SafeguardedAnderson.decrease_test must be one of {', '.join(TESTS)}; got "
+                f"{self.decrease_test!r}")
         require(self.monitor is None or callable(self.monitor),
                 f"SafeguardedAnderson.monitor must be callable or None, got {self.monitor!r}")
+
+    def specialise(self, props: MapProperty) -> "SafeguardedAnderson":
+        """Resolve ``decrease_test="auto"`` for a map with properties ``props``; refuse the
+        gradient test on a map that is not a gradient step."""
+        gradient = MapProperty.GRADIENT_STEP in props
+        if self.decrease_test == "auto":
+            return self.replace(decrease_test="gradient" if gradient else "objective")
+        if self.decrease_test == "gradient" and not gradient:
+            raise ConfigError(
+                "SafeguardedAnderson(decrease_test='gradient') bounds F's decrease from the "
+                "residuals, which holds only where S(z) = z - grad F(z) with F convex and "
+                "1-smooth; this map is not such a step (a prior, or another family). Use "
+                "decrease_test='objective' or 'auto'")
+        return self
 
     def solve_batch(self, fn: Callable, z0: jax.Array, data: Any, *, tol: float, max_steps: int,
                     anchor: jax.Array | None = None,
                     value_and_map: Callable | None = None) -> SolverRun:
-        self._require_objective(value_and_map)
+        gradient = self.decrease_test == "gradient"
+        if not gradient:
+            self._require_objective(value_and_map)
+        # F is evaluated for the objective test, and under the gradient test only to be
+        # recorded (trace, monitor) where the problem has it.
+        valued = value_and_map is not None and (
+            not gradient or self.trace or self.monitor is not None)
         batch, shape, m = z0.shape[0], z0.shape[1:], self.history
         dtype = z0.dtype
-        evaluate_batch = batched(cast(Callable, value_and_map), data)  # not None: checked above
+        evaluate_batch = batched(cast(Callable, value_and_map) if valued else fn, data)
 
-        def evaluate(z: jax.Array) -> tuple[jax.Array, jax.Array]:
-            value, image = evaluate_batch(z.reshape((batch,) + shape))
-            return value.astype(dtype), flat(image)
+        def evaluate(z: jax.Array) -> tuple[jax.Array | None, jax.Array]:
+            out = evaluate_batch(z.reshape((batch,) + shape))
+            if not valued:
+                return None, flat(out)
+            return out[0].astype(dtype), flat(out[1])
 
         eps = jnp.finfo(dtype).eps
 
+        def gradient_test(point: jax.Array, image: jax.Array, size: jax.Array, y: jax.Array,
+                          g: jax.Array, residual: jax.Array) -> tuple[jax.Array, jax.Array]:
+            # -<g(y), y - x> - |g(y) - g(x)|^2 / 2 <= -(delta/2)|g(x)|^2 + slack: F(y) is below
+            # the sufficient-decrease bound (module docstring). Returns it and |g(y)|.
+            d, dg = y - point, g - (image - point)
+            change = -jnp.sum(g * d, axis=1) - 0.5 * jnp.sum(dg * dg, axis=1)
+            dist, g_norm = batch_norms(d), batch_norms(g)
+            slack = 256 * eps * (size + dist + residual) * (3 * dist + g_norm)
+            return change + (0.5 * self.decrease) * residual * residual <= slack, g_norm
+
         def step(carry: tuple[Any, ...], residual: jax.Array, active: jax.Array,
                  k: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
-            history, point, image, value, plain_next = carry
+            history, point, image, value, plain_next, size = carry
             alpha = coefficients(history, jnp.minimum(k + 1, m), k % m, self.ridge)
             extrapolated = extrapolate(history, alpha, self.mixing)
             candidate = jnp.where(plain_next[:, None], image, extrapolated)
             y = freeze(active, candidate, point)
             value_y, image_y = evaluate(y)
             g = image_y - y
-            slack = 64 * eps * (jnp.abs(value) + jnp.sum(point * point, axis=1))
-            bound = value - (0.5 * self.decrease) * residual * residual + slack
+            if gradient:
+                decreases, g_norm = gradient_test(point, image, size, y, g, residual)
+            else:
+                assert value_y is not None  # the objective test evaluates F
+                g_norm = batch_norms(g)
+                slack = 64 * eps * (jnp.abs(value) + jnp.sum(point * point, axis=1))
+                bound = value - (0.5 * self.decrease) * residual * residual + slack
+                decreases = value_y <= bound
             # NaN values compare False: a non-finite candidate is rejected.
-            accept = active & (plain_next | (value_y <= bound))
+            accept = active & (plain_next | decreases)
             history = push(history, image_y, g, (k + 1) % m)
             point = freeze(accept, y, point)
             image = freeze(accept, image_y, image)
-            value = jnp.where(accept, value_y, value)
-            new_residual = jnp.where(accept, batch_norms(g), residual)
+            if value_y is not None:
+                value = jnp.where(accept, value_y, value)
+            new_residual = jnp.where(accept, g_norm, residual)
+            if gradient:
+                size = jnp.where(accept, batch_norms(y), size)
             if self.monitor is not None:
                 jax.debug.callback(self.monitor, k, active, accept, point.reshape(z0.shape), value)
-            return (history, point, image, value, ~accept), new_residual
+            return (history, point, image, value, ~accept, size), new_residual
 
         x0 = flat(z0)
         value0, f0 = evaluate(x0)
         g0 = f0 - x0
         no = jnp.zeros((batch,), bool)
-        carry = (start_history(f0, g0, m), x0, f0, value0, no)
-        (_, point, image, _, _), residual, steps, recorded = batch_loop(
+        size0 = batch_norms(x0) if gradient else None  # ||x_k||
+        carry = (start_history(f0, g0, m), x0, f0, value0, no, size0)
+        (_, point, image, *_), residual, steps, recorded = batch_loop(
             step, carry, batch_norms(g0), tol=tol, max_steps=max_steps, trace=self.trace,
-            value=lambda carry: carry[3])  # F at the accepted points
+            value=(lambda carry: carry[3]) if valued else None)  # F at the accepted points
         return SolverRun(
             point=point.reshape(z0.shape), image=image.reshape(z0.shape), steps=steps,
             evaluations=steps + 1, residual=residual, trace=recorded,

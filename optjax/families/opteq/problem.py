@@ -171,8 +171,10 @@ class OptEqProblem(EquilibriumProblem):
     def map_properties(self) -> MapProperty:
         """With ``s_sigma ||W||^2 <= 1``: S = prox_R(z - grad G(z)) is a forward-backward step of
         size 1 on the 1-smooth convex G, hence nonexpansive (firmly, for T), and the descent
-        lemma makes the plain step decrease F."""
-        return MapProperty.NONEXPANSIVE | MapProperty.OBJECTIVE | MapProperty.FORWARD_BACKWARD
+        lemma makes the plain step decrease F. Without a prior S = T = z - grad G(z), a gradient
+        step."""
+        props = MapProperty.NONEXPANSIVE | MapProperty.OBJECTIVE | MapProperty.FORWARD_BACKWARD
+        return props | MapProperty.GRADIENT_STEP if self.prior is None else props
 
     @property
     def symmetric_jacobian(self) -> bool:
