@@ -58,11 +58,13 @@ guarantee, decided from the evaluated pairs alone. Each step then evaluates S al
 not of :math:`|F|`: near tol their rounding is :math:`\epsilon\,\|z\|\,\|g\|` where the
 values of F differ in their last bits. The bound is conservative by the Bregman gap of F, so it
 may reject a candidate the objective test accepts. Here
-:math:`\varepsilon_k = 256\,\epsilon\,(\|x_k\| + \|y - x_k\| + \|g(x_k)\|)
+:math:`\varepsilon_k = 256\,\epsilon\,(\|y\| + \|y - x_k\| + \|g(x_k)\|)
 (3\|y - x_k\| + \|g(y)\|)`: a few :math:`\epsilon` of each computed residual component times
-the vectors it multiplies, with :math:`\|x\| + \|S(x)\| + \|y\| + \|S(y)\|` and
+the vectors it multiplies, with :math:`\|x_k\| + \|S(x_k)\| + \|y\| + \|S(y)\|` and
 :math:`\|g(y) - g(x_k)\|` bounded through :math:`S`'s nonexpansiveness (a gradient step on a
-convex 1-smooth F is nonexpansive), so that one pass over the four vectors decides.
+convex 1-smooth F is nonexpansive). :math:`\|g(y)\|^2` and :math:`\langle g(y), g(x_k)\rangle`
+are entries of the Anderson Gram matrix, updated with :math:`g(y)` anyway, so the test adds one
+pass over :math:`y`, :math:`S(y)` and :math:`x_k` to Anderson's step.
 ``decrease_test="auto"`` (default) is resolved by the engine from the problem's map properties
 (:meth:`SafeguardedAnderson.specialise`): the gradient test where the map is a gradient step,
 the objective test otherwise (and when the solver is called directly).
@@ -170,27 +172,38 @@ class SafeguardedAnderson(Solver):
 
         eps = jnp.finfo(dtype).eps
 
-        def gradient_test(point: jax.Array, image: jax.Array, size: jax.Array, y: jax.Array,
-                          g: jax.Array, residual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def gradient_test(gram_row: jax.Array, new_slot: jax.Array, slot: jax.Array,
+                          point: jax.Array, y: jax.Array, g: jax.Array,
+                          residual: jax.Array) -> tuple[jax.Array, jax.Array]:
             # -<g(y), y - x> - |g(y) - g(x)|^2 / 2 <= -(delta/2)|g(x)|^2 + slack: F(y) is below
-            # the sufficient-decrease bound (module docstring). Returns it and |g(y)|.
-            d, dg = y - point, g - (image - point)
-            change = -jnp.sum(g * d, axis=1) - 0.5 * jnp.sum(dg * dg, axis=1)
-            dist, g_norm = batch_norms(d), batch_norms(g)
+            # the sufficient-decrease bound (module docstring). |g(y)|^2 and <g(y), g(x)> are
+            # entries of the Gram row just computed (x's residual is in the history); one pass
+            # over y, S(y) and x gives the rest. Returns the decision and |g(y)|.
+            gg = jnp.take_along_axis(gram_row, new_slot[:, None], axis=1)[:, 0]
+            gx = jnp.take_along_axis(gram_row, slot[:, None], axis=1)[:, 0]
+            d = y - point
+            change = -jnp.sum(g * d, axis=1) - 0.5 * (gg - 2 * gx + residual * residual)
+            dist, g_norm = jnp.sqrt(jnp.sum(d * d, axis=1)), jnp.sqrt(gg)
+            size = jnp.sqrt(jnp.sum(y * y, axis=1))
             slack = 256 * eps * (size + dist + residual) * (3 * dist + g_norm)
             return change + (0.5 * self.decrease) * residual * residual <= slack, g_norm
 
         def step(carry: tuple[Any, ...], residual: jax.Array, active: jax.Array,
                  k: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
-            history, point, image, value, plain_next, size = carry
+            history, point, image, value, plain_next, slot = carry
             alpha = coefficients(history, jnp.minimum(k + 1, m), k % m, self.ridge)
             extrapolated = extrapolate(history, alpha, self.mixing)
             candidate = jnp.where(plain_next[:, None], image, extrapolated)
             y = freeze(active, candidate, point)
             value_y, image_y = evaluate(y)
             g = image_y - y
+            history = push(history, image_y, g, (k + 1) % m)
+            new_slot = jnp.broadcast_to((k + 1) % m, (batch,))
             if gradient:
-                decreases, g_norm = gradient_test(point, image, size, y, g, residual)
+                # x's residual is still in the history: x is at most two steps old (a rejected
+                # candidate is followed by the plain step, accepted unconditionally), m >= 2.
+                row = jnp.take_along_axis(history.gram, new_slot[:, None, None], axis=1)[:, 0]
+                decreases, g_norm = gradient_test(row, new_slot, slot, point, y, g, residual)
             else:
                 assert value_y is not None  # the objective test evaluates F
                 g_norm = batch_norms(g)
@@ -199,24 +212,22 @@ class SafeguardedAnderson(Solver):
                 decreases = value_y <= bound
             # NaN values compare False: a non-finite candidate is rejected.
             accept = active & (plain_next | decreases)
-            history = push(history, image_y, g, (k + 1) % m)
             point = freeze(accept, y, point)
             image = freeze(accept, image_y, image)
             if value_y is not None:
                 value = jnp.where(accept, value_y, value)
             new_residual = jnp.where(accept, g_norm, residual)
-            if gradient:
-                size = jnp.where(accept, batch_norms(y), size)
+            slot = jnp.where(accept, new_slot, slot)
             if self.monitor is not None:
                 jax.debug.callback(self.monitor, k, active, accept, point.reshape(z0.shape), value)
-            return (history, point, image, value, ~accept, size), new_residual
+            return (history, point, image, value, ~accept, slot), new_residual
 
         x0 = flat(z0)
         value0, f0 = evaluate(x0)
         g0 = f0 - x0
         no = jnp.zeros((batch,), bool)
-        size0 = batch_norms(x0) if gradient else None  # ||x_k||
-        carry = (start_history(f0, g0, m), x0, f0, value0, no, size0)
+        slot0 = jnp.zeros((batch,), jnp.int32)  # the history slot of x_k's residual
+        carry = (start_history(f0, g0, m), x0, f0, value0, no, slot0)
         (_, point, image, *_), residual, steps, recorded = batch_loop(
             step, carry, batch_norms(g0), tol=tol, max_steps=max_steps, trace=self.trace,
             value=(lambda carry: carry[3]) if valued else None)  # F at the accepted points
