@@ -40,6 +40,29 @@ class Recorder:
         return sorted(self.steps, key=lambda s: s[0])
 
 
+def counting(f, calls):
+    """``f(z, c)`` called as ``f(z, (c, index))``, counting its calls per sample in ``calls``."""
+
+    def count(index):
+        calls[int(index)] = calls.get(int(index), 0) + 1
+
+    def counted(z, data):
+        ci, index = data
+        jax.debug.callback(count, index)
+        return f(z, ci)
+
+    return counted
+
+
+def never(message):
+    """A map that must not be evaluated."""
+
+    def fail(z, data):
+        raise AssertionError(message)
+
+    return fail
+
+
 # Every activation with every prior with --run-slow; by default two priors per activation,
 # every prior at least once.
 @pytest.mark.parametrize("activation,prior", [
@@ -84,25 +107,12 @@ def test_one_evaluation_of_value_and_map_per_step_rejections_included():
     """Counts the evaluations of (F, S) per sample from inside the map; S alone is never
     evaluated (that would be a second T per step)."""
     calls = {}
-
-    def count(index):
-        calls[int(index)] = calls.get(int(index), 0) + 1
-
     _, _, c, _, vam = dense_case(3, norm=0.99, activation="relu",
                                  prior=PRIORS["box"], batch=5, d=12, n=16, bias_scale=1.0)
-
-    def counted(z, data):
-        ci, index = data
-        jax.debug.callback(count, index)
-        return vam(z, ci)
-
-    def never(z, data):
-        raise AssertionError("the safeguarded solver evaluated S without F")
-
     recorder = Recorder()
     out = solvers.SafeguardedAnderson(monitor=recorder).solve_batch(
-        never, jnp.zeros((5, 12)), (c, jnp.arange(5)), tol=1e-10, max_steps=2000,
-        value_and_map=counted)
+        never("the safeguarded solver evaluated S without F"), jnp.zeros((5, 12)),
+        (c, jnp.arange(5)), tol=1e-10, max_steps=2000, value_and_map=counting(vam, calls))
     steps = np.asarray(out.steps)
     log = recorder.ordered()
     assert len(log) == steps.max()
@@ -225,23 +235,10 @@ def test_under_the_gradient_test_the_objective_never_increases(activation, decre
 
 def test_the_gradient_test_evaluates_s_alone_once_per_step():
     calls = {}
-
-    def count(index):
-        calls[int(index)] = calls.get(int(index), 0) + 1
-
     _, _, c, fn, _ = dense_case(3, norm=0.99, activation="tanh", batch=5, d=12, n=16)
-
-    def counted(z, data):
-        ci, index = data
-        jax.debug.callback(count, index)
-        return fn(z, ci)
-
-    def never(z, data):
-        raise AssertionError("the gradient test evaluated F")
-
     out = solvers.SafeguardedAnderson(decrease_test="gradient").solve_batch(
-        counted, jnp.zeros((5, 12)), (c, jnp.arange(5)), tol=1e-10, max_steps=2000,
-        value_and_map=never)
+        counting(fn, calls), jnp.zeros((5, 12)), (c, jnp.arange(5)), tol=1e-10, max_steps=2000,
+        value_and_map=never("the gradient test evaluated F"))
     steps = np.asarray(out.steps)
     assert calls == {i: steps.max() + 1 for i in range(5)}
     np.testing.assert_array_equal(np.asarray(out.evaluations), steps + 1)
