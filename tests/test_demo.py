@@ -41,6 +41,21 @@ def test_benchmark_quick_run_prints_its_tables():
 
 
 @pytest.mark.slow
+def test_solver_loop_profile_quick_run_splits_each_step_between_t_and_the_solver():
+    """The op-level profile's smoke run: every solver has a row whose parts add up to its
+    total, and Anderson's history products (XLA dots) are found among the solver's ops."""
+    stdout = _script("solver_loop_profile.py", "--quick")
+    rows = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:5]]
+            for line in stdout.splitlines() if line.startswith("| ") and "solver" not in line
+            and line.count("|") == 6 and not line.startswith("| op")}
+    assert len(rows) == 4, stdout
+    for total, t_part, rest in rows.values():
+        assert t_part > 0.5 and rest > 0 and abs(total - t_part - rest) <= 0.011, stdout
+    anderson = stdout.split("anderson (m=5): the solver's ops")[1].split("\n\n")[1]
+    assert "| dot" in anderson, stdout
+
+
+@pytest.mark.slow
 def test_backward_memory_quick_run_is_flat_where_unrolling_grows():
     """The memory benchmark's smoke run: the implicit backward's compiled memory does not grow
     from 3 to 10 forward steps, the unrolled one does (its tables' own numbers)."""

@@ -87,7 +87,7 @@ from optjax.config import ConfigError, in_interval, require
 from optjax.engine.properties import MapProperty
 from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
                                   freeze)
-from optjax.solvers.anderson import (coefficients, extrapolate, push, start_history,
+from optjax.solvers.anderson import (coefficients, extrapolate, gram_row, push, start_history,
                                      validate_anderson)
 
 
@@ -172,21 +172,19 @@ class SafeguardedAnderson(Solver):
 
         eps = jnp.finfo(dtype).eps
 
-        def gradient_test(gram_row: jax.Array, new_slot: jax.Array, slot: jax.Array,
-                          point: jax.Array, y: jax.Array, g: jax.Array,
-                          residual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def gradient_test(row: jax.Array, gg: jax.Array, slot: jax.Array, point: jax.Array,
+                          y: jax.Array, g: jax.Array, residual: jax.Array) -> jax.Array:
             # -<g(y), y - x> - |g(y) - g(x)|^2 / 2 <= -(delta/2)|g(x)|^2 + slack: F(y) is below
-            # the sufficient-decrease bound (module docstring). |g(y)|^2 and <g(y), g(x)> are
-            # entries of the Gram row just computed (x's residual is in the history); one pass
-            # over y, S(y) and x gives the rest. Returns the decision and |g(y)|.
-            gg = jnp.take_along_axis(gram_row, new_slot[:, None], axis=1)[:, 0]
-            gx = jnp.take_along_axis(gram_row, slot[:, None], axis=1)[:, 0]
+            # the sufficient-decrease bound (module docstring). |g(y)|^2 = gg and <g(y), g(x)>
+            # are entries of the Gram row just computed (x's residual is in the history); one
+            # pass over y, S(y) and x gives the rest.
+            gx = jnp.take_along_axis(row, slot[:, None], axis=1)[:, 0]
             d = y - point
             change = -jnp.sum(g * d, axis=1) - 0.5 * (gg - 2 * gx + residual * residual)
-            dist, g_norm = jnp.sqrt(jnp.sum(d * d, axis=1)), jnp.sqrt(gg)
+            dist = jnp.sqrt(jnp.sum(d * d, axis=1))
             size = jnp.sqrt(jnp.sum(y * y, axis=1))
-            slack = 256 * eps * (size + dist + residual) * (3 * dist + g_norm)
-            return change + (0.5 * self.decrease) * residual * residual <= slack, g_norm
+            slack = 256 * eps * (size + dist + residual) * (3 * dist + jnp.sqrt(gg))
+            return change + (0.5 * self.decrease) * residual * residual <= slack
 
         def step(carry: tuple[Any, ...], residual: jax.Array, active: jax.Array,
                  k: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
@@ -197,16 +195,18 @@ class SafeguardedAnderson(Solver):
             y = freeze(active, candidate, point)
             value_y, image_y = evaluate(y)
             g = image_y - y
-            history = push(history, image_y, g, (k + 1) % m)
-            new_slot = jnp.broadcast_to((k + 1) % m, (batch,))
+            new_slot = (k + 1) % m
+            history = push(history, image_y, g, new_slot)
+            # |g(y)|^2 is the Gram matrix's new diagonal entry: no extra pass over g.
+            row = gram_row(history, new_slot)
+            gg = jax.lax.dynamic_index_in_dim(row, new_slot, axis=1, keepdims=False)
+            g_norm = jnp.sqrt(gg)
             if gradient:
                 # x's residual is still in the history: x is at most two steps old (a rejected
                 # candidate is followed by the plain step, accepted unconditionally), m >= 2.
-                row = jnp.take_along_axis(history.gram, new_slot[:, None, None], axis=1)[:, 0]
-                decreases, g_norm = gradient_test(row, new_slot, slot, point, y, g, residual)
+                decreases = gradient_test(row, gg, slot, point, y, g, residual)
             else:
                 assert value_y is not None  # the objective test evaluates F
-                g_norm = batch_norms(g)
                 slack = 64 * eps * (jnp.abs(value) + jnp.sum(point * point, axis=1))
                 bound = value - (0.5 * self.decrease) * residual * residual + slack
                 decreases = value_y <= bound
