@@ -7,7 +7,9 @@ figures, from the rows file alone (trains nothing).
 
 Tables: for every (budget, augmentation) setting, test accuracy per family over seeds (mean, sd)
 with the paired difference to OptEq per seed (a seed fixes the initialisation and the data
-order of every family), and forward solver steps per training epoch of the implicit families.
+order of every family), the training and test losses after the last epoch (does a family fit
+less, or generalise less?), and forward solver steps per training epoch of the implicit
+families.
 Figures: ``accuracy_per_parameter.png`` (test accuracy against parameters, one line per family,
 error bars the seeds' standard deviation; rows without augmentation) and
 ``forward_steps_per_epoch.png`` (training forward steps per epoch, one panel per budget, and
@@ -57,6 +59,28 @@ def steps_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def losses_table(rows: list[dict]) -> str:
+    """Per family and seed: the last epoch's training loss (the mean over its batches, while
+    the weights still change) and the test loss after it; means over seeds, and the gap."""
+    measured = [r for r in rows if r.get("per_epoch") and "loss" in r["per_epoch"][-1]
+                and r.get("test_loss") is not None]
+    if not measured:
+        return "(no loss figures in these rows)"
+    lines = ["| family | seeds | train loss per seed | test loss per seed | mean train | "
+             "mean test | test minus train |", "|---|---|---|---|---|---|---|"]
+    for family in dict.fromkeys(r["family"] for r in measured):
+        runs = [r for r in measured if r["family"] == family]
+        train = [r["per_epoch"][-1]["loss"] for r in runs]
+        test = [r["test_loss"] for r in runs]
+        gap = statistics.mean(t - s for s, t in zip(train, test))
+        lines.append(f"| {family} | {', '.join(str(r['seed']) for r in runs)} | "
+                     + " / ".join(f"{v:.4f}" for v in train) + " | "
+                     + " / ".join(f"{v:.4f}" for v in test)
+                     + f" | {statistics.mean(train):.4f} | {statistics.mean(test):.4f} | "
+                     f"{gap:+.4f} |")
+    return "\n".join(lines)
+
+
 def params_line(rows: list[dict]) -> str:
     counts = {r["family"]: r["params"] for r in rows}
     gap = (max(counts.values()) - min(counts.values())) / max(counts.values())
@@ -71,6 +95,8 @@ def text_report(rows: list[dict]) -> str:
         parts.append(f"### {target:,} parameters, {'with' if augmented else 'no'} augmentation\n")
         parts.append(params_line(picked) + "\n")
         parts.append(seed_summary(picked) + "\n")
+        parts.append("Losses after the last epoch (training: the mean over that epoch's batches):\n")
+        parts.append(losses_table(picked) + "\n")
         parts.append("Forward steps per training epoch (mean over batches and seeds):\n")
         parts.append(steps_table(picked) + "\n")
     return "\n".join(parts)

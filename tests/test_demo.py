@@ -166,6 +166,14 @@ def test_sweep_report_prints_paired_tables_per_budget_and_writes_both_figures(tm
     assert "| explicit | 0 | 91.50 | 91.50% | - | -0.50 (seed 0) | -0.50 |" in stdout, stdout
     # forward steps per epoch, the mean over seeds: opteq (8 + 10) / 2, (6 + 7) / 2
     assert "| opteq | 2 | 9.0 | 6.5 |" in stdout and "| deq | 2 | 9.0 | 11.5 |" in stdout, stdout
+    assert "(no loss figures in these rows)" in stdout, stdout  # these rows have no losses
+    for row, train, test in zip(rows[:2], (0.30, 0.20), (0.35, 0.40)):
+        row["per_epoch"][-1]["loss"], row["test_loss"] = train, test
+    results.write_text(json.dumps(rows))
+    stdout = _script("sweep_report.py", "--results", str(results))
+    # the last epoch's training loss and the test loss per seed; the gap's mean: (0.05 + 0.2) / 2
+    assert "| opteq | 0, 1 | 0.3000 / 0.2000 | 0.3500 / 0.4000 | 0.2500 | 0.3750 | +0.1250 |" \
+        in stdout, stdout
     for name in ("accuracy_per_parameter.png", "forward_steps_per_epoch.png"):
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # longer runs (--long): their own tables after the sweep's, and one more steps panel
