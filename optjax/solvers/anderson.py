@@ -85,13 +85,6 @@ def push(history: History, image: jax.Array, g: jax.Array, slot: ArrayLike) -> H
     return History(images, residuals, gram)
 
 
-def gram_row(history: History, slot: ArrayLike) -> jax.Array:
-    r"""Row ``slot`` of the Gram matrices, ``(B, m)``: :math:`\langle g_{slot}, g_i\rangle`.
-    Its entry ``slot`` is :math:`\|g_{slot}\|^2`, so a solver that has just pushed a residual
-    reads its norm there instead of making another pass over it."""
-    return jax.lax.dynamic_index_in_dim(history.gram, slot, axis=1, keepdims=False)
-
-
 def _cholesky_solve(h: list[list[jax.Array]], rhs: list[list[jax.Array]]
                     ) -> tuple[list[jax.Array], jax.Array | bool]:
     """Solve ``h y = b`` for every ``b`` in ``rhs``, ``h`` symmetric positive definite, by an
@@ -198,9 +191,8 @@ class Anderson(Solver):
             g = fx - x
             slot = (k + 1) % m
             history = push(history, fx, g, slot)
-            norm = jnp.sqrt(jax.lax.dynamic_index_in_dim(gram_row(history, slot), slot, axis=1,
-                                                         keepdims=False))
-            return (history, x, freeze(active, fx, image)), norm
+            # |g|^2 is the Gram matrix's new diagonal entry: no second pass over g.
+            return (history, x, freeze(active, fx, image)), jnp.sqrt(history.gram[:, slot, slot])
 
         x0 = flat(z0)
         f0 = apply(x0)

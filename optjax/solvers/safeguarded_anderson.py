@@ -87,7 +87,7 @@ from optjax.config import ConfigError, in_interval, require
 from optjax.engine.properties import MapProperty
 from optjax.solvers.base import (Solver, SolverRun, batch_loop, batch_norms, batched, flat,
                                   freeze)
-from optjax.solvers.anderson import (coefficients, extrapolate, gram_row, push, start_history,
+from optjax.solvers.anderson import (coefficients, extrapolate, push, start_history,
                                      validate_anderson)
 
 
@@ -198,8 +198,8 @@ class SafeguardedAnderson(Solver):
             new_slot = (k + 1) % m
             history = push(history, image_y, g, new_slot)
             # |g(y)|^2 is the Gram matrix's new diagonal entry: no extra pass over g.
-            row = gram_row(history, new_slot)
-            gg = jax.lax.dynamic_index_in_dim(row, new_slot, axis=1, keepdims=False)
+            row = history.gram[:, new_slot]
+            gg = row[:, new_slot]
             g_norm = jnp.sqrt(gg)
             if gradient:
                 # x's residual is still in the history: x is at most two steps old (a rejected
