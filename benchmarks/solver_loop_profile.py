@@ -11,8 +11,9 @@ listed with their share of one T (T measured the same way, as a loop of T alone)
     taskset -c 0 .venv/bin/python benchmarks/solver_loop_profile.py            # conv, 20 steps
     taskset -c 0 .venv/bin/python benchmarks/solver_loop_profile.py --case dense --top 6
 
-The profiler adds a little time per op, so the per-step ratios here run slightly above the
-paired timings of ``unit_layer.py``; the split between ops is what this script is for.
+Each figure comes from one profiled run, not from paired timings: the totals move by up to
+0.06 T between runs (benchmarks/RESULTS.md), the largest ops by less than 0.01; the split
+between ops is what this script is for, ``unit_layer.py`` gives the per-step ratios.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def op_sources(compiled_text: str) -> dict[str, tuple[str, str]]:
     return sources
 
 
-def profile(fn, args, reps: int) -> dict[str, float]:
-    """Seconds per call of every XLA op of ``fn``'s compiled module (containers excluded)."""
+def profile(fn, args, reps: int) -> dict[str, tuple[float, str, str]]:
+    """Per XLA op of ``fn``'s compiled module (containers excluded): seconds per call, its
+    opcode and its source (the HLO op_name)."""
     compiled = jax.jit(fn).lower(*args).compile()
     sources = op_sources(compiled.as_text())
     jax.block_until_ready(compiled(*args))
