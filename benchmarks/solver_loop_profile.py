@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import glob
 import re
 import sys
@@ -28,11 +27,10 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import optjax
-from optjax.linalg.convolution import Conv2D
-from unit_layer import build, unit_maps  # benchmarks/ is on sys.path when a script runs
+from _unit_cases import build, conv_case  # benchmarks/ is on sys.path when a script runs
+from unit_layer import unit_maps
 
 SOLVERS = [
     ("fixed_point", optjax.solvers.FixedPoint()),
@@ -43,18 +41,6 @@ SOLVERS = [
 ]
 CONTAINERS = ("while", "conditional", "call", "tuple", "get-tuple-element", "parameter",
               "constant", "bitcast", "copy-start", "copy-done")
-
-
-def conv_case(quick: bool):
-    spatial, channels, batch = ((6, 6), 8, 8) if quick else ((14, 14), 36, 64)
-    conv = Conv2D.init(jax.random.PRNGKey(0), 3, channels, channels, spatial)
-    norm = optjax.linear_map.spectral_norm(conv)
-    conv = dataclasses.replace(conv, kernel=0.9 * conv.kernel / norm)
-    problem = optjax.OptEqProblem(conv, "relu")
-    c = jnp.asarray(np.random.default_rng(1).normal(size=(batch,) + spatial + (channels,)),
-                    jnp.float32)
-    return problem, c, f"conv relu, ||W|| = 0.9 ({channels} -> {channels} channels on " \
-                       f"{spatial[0]} x {spatial[1]}, batch {batch})"
 
 
 def dense_case(quick: bool):

@@ -29,7 +29,6 @@ The run ends with a summary of evaluations and per-step costs over all cases.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import warnings
 
@@ -38,27 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import optjax
-from optjax.linalg.convolution import Conv2D
 from optjax.linalg.lapack import single_threaded
 from _timing import paired_ratio, timeit  # benchmarks/ is on sys.path when a script runs
+from _unit_cases import build, conv_case
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"JAXopt is no longer maintained")
     import jaxopt
-
-
-def build(seed, batch, d, n, p, norm, activation):
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(n, d))
-    w *= norm / np.linalg.norm(w, 2)
-    problem = optjax.OptEqProblem(
-        jnp.asarray(w, jnp.float32), activation,
-        input_weight=jnp.asarray(rng.normal(size=(n, p)) / np.sqrt(p), jnp.float32),
-        bias=jnp.asarray(0.1 * rng.normal(size=n), jnp.float32),
-    )
-    x = jnp.asarray(rng.normal(size=(batch, p)), jnp.float32)
-    target = jnp.asarray(rng.normal(size=(batch, d)), jnp.float32)
-    return problem, x, target
 
 
 def with_weight(problem, w):
@@ -299,13 +284,8 @@ def run_conv_case(args, out):
     """A convolutional unit layer (the Fashion-MNIST conv layer's shape: 3 x 3, 36 -> 36
     channels on 14 x 14, batch 64, relu, ||W|| = 0.9): evaluations and the solver loop per
     evaluation for every solver of ours, T being the layer's own map (two convolutions)."""
-    spatial, channels, batch = ((6, 6), 8, 8) if args.quick else ((14, 14), 36, 64)
-    conv = Conv2D.init(jax.random.PRNGKey(0), 3, channels, channels, spatial)
-    norm = optjax.linear_map.spectral_norm(conv)
-    conv = dataclasses.replace(conv, kernel=0.9 * conv.kernel / norm)
-    problem = optjax.OptEqProblem(conv, "relu")
-    rng = np.random.default_rng(1)
-    c = jnp.asarray(rng.normal(size=(batch,) + spatial + (channels,)), jnp.float32)
+    problem, c, title = conv_case(args.quick)
+    batch = c.shape[0]
     z0 = jnp.zeros_like(c)
     fn, value_and_map = unit_maps(problem)
     apply = jax.jit(lambda z, c: jax.vmap(fn)(z, c))
@@ -315,8 +295,7 @@ def run_conv_case(args, out):
         loop = jax.jit(lambda z, c: jax.lax.fori_loop(0, n, lambda _, z: apply(z, c), z))
         return loop, (z0, c)
 
-    print(f"\n### conv relu, ||W|| = 0.9 (3 x 3, {channels} -> {channels} channels on "
-          f"{spatial[0]} x {spatial[1]}, batch {batch})\n")
+    print(f"\n### {title}\n")
     print(f"One (F, S) evaluation: {fs_over_t:.2f} T.\n")
     print("| forward solver | T evals (max / mean) | converged | solver loop per eval / T | "
           "per eval / (F, S) |")
