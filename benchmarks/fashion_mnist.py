@@ -82,6 +82,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--lipschitz-margin", type=float, default=0.0,
                         help="train for certified robustness at this L2 radius (TrainConfig."
                              "lipschitz_margin; 0: off, the recorded runs)")
+    parser.add_argument("--rho", type=float, default=None,
+                        help="the OptEq layers' norm bound ||W|| <= rho (TrainConfig.rho; default "
+                             "0.95): a smaller rho, a larger strong-convexity modulus 1 - rho^2 "
+                             "and a smaller Lipschitz bound")
     parser.add_argument("--jacobian-penalty", type=float, default=0.0,
                         help="DEQ: weight of the Hutchinson Jacobian penalty (TrainConfig."
                              "jacobian_penalty; 0: off, the recorded runs)")
@@ -163,6 +167,7 @@ def base_config(args) -> TrainConfig:
         augment_crop=args.augment_crop, augment_flip=args.augment_flip,
         anderson_ridge=args.anderson_ridge or None, lipschitz_margin=args.lipschitz_margin,
         jacobian_penalty=args.jacobian_penalty, progress=False, plots=False,
+        **({"rho": args.rho} if args.rho is not None else {}),
         **({"family": "deq"} if args.jacobian_penalty else {}))  # the penalty is DEQ's alone
 
 
@@ -174,6 +179,7 @@ def setting(base: TrainConfig, target: int) -> str:
     augmented = bool(base.augment_crop or base.augment_flip)
     margin = f"_lm{base.lipschitz_margin:g}" if base.lipschitz_margin else ""
     margin += f"_jp{base.jacobian_penalty:g}" if base.jacobian_penalty else ""
+    margin += f"_rho{base.rho:g}" if base.rho != TrainConfig.rho else ""
     if base.epochs != EPOCHS and base.train_subset is None:  # not a --quick smoke run
         margin += f"_ep{base.epochs}"
     if base.kind == "dense" or (target == DEFAULTS["conv"]["target"] and augmented and
@@ -219,7 +225,7 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
         "width": width, "head_units": head, "target": target,
         "augmented": bool(base.augment_crop or base.augment_flip),
         "lipschitz_margin": base.lipschitz_margin, "jacobian_penalty": base.jacobian_penalty,
-        "run_dir": str(config.out_path),
+        "rho": base.rho, "run_dir": str(config.out_path),
         "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
@@ -303,6 +309,7 @@ def main(argv=None) -> int:
         f"{args.backward} tol {args.backward_tol} capped at {args.backward_steps}; forward "
         f"solvers: each family's default"
         + (f" (Anderson ridge {args.anderson_ridge:g})" if args.anderson_ridge else "")
+        + (f"; OptEq norm bound rho {base.rho:g}" if args.rho is not None else "")
         + "".join(f"; {f} caps {c['max_steps']} forward, {c['backward_steps']} backward"
                   for f, c in args.family_caps.items()))
     print(header, flush=True)
@@ -314,7 +321,7 @@ def main(argv=None) -> int:
                      "train_size": args.train_subset, "target": args.target,
                      "augmented": bool(base.augment_crop or base.augment_flip),
                      "lipschitz_margin": args.lipschitz_margin,
-                     "jacobian_penalty": args.jacobian_penalty}
+                     "jacobian_penalty": args.jacobian_penalty, "rho": base.rho}
             done = [r for r in load_rows(results) if same_run(r, probe)]
             if args.resume and done:
                 print(f"[{family} seed {seed}] has a row in {results}: skipped", flush=True)

@@ -8,7 +8,7 @@ import math
 import pathlib
 import statistics
 
-__all__ = ["fmt", "clean", "table", "result_row", "key", "same_run", "load_rows", "save_row",
+__all__ = ["fmt", "clean", "table", "result_row", "rho", "key", "same_run", "load_rows", "save_row",
            "report", "seed_summary", "holds_the_rows_run", "RECORDED_TARGETS"]
 
 # The budget of rows written before the sweep recorded one (the recorded comparisons).
@@ -56,7 +56,8 @@ def result_row(r: dict, config: dict) -> dict:
         "family": r["family"], "kind": r["kind"], "width": r["width"],
         "head_units": r["head_units"], "target": r["target"], "augmented": r["augmented"],
         "lipschitz_margin": r["lipschitz_margin"],
-        "jacobian_penalty": r.get("jacobian_penalty", 0.0), "run_dir": r["run_dir"],
+        "jacobian_penalty": r.get("jacobian_penalty", 0.0), "rho": rho(r),
+        "run_dir": r["run_dir"],
         "params": r["params"],
         "seed": r["seed"], "epochs": r["epochs"], "train_size": r["train_size"],
         "test_size": r["test_size"], "test_accuracy": r["test_accuracy"],
@@ -72,6 +73,14 @@ def result_row(r: dict, config: dict) -> dict:
     }
 
 
+def rho(row: dict) -> float:
+    """The OptEq layers' norm bound ``||W|| <= rho`` of a row's run (rows before ``--rho``
+    existed carry it in their config only; TrainConfig's default where neither has it)."""
+    from optjax.train.config import TrainConfig
+
+    return row.get("rho") or (row.get("config") or {}).get("rho") or TrainConfig.rho
+
+
 def key(row: dict) -> tuple:
     """What makes two rows the same run; rows written before the sweep had no target and
     augmentation fields: they are the recorded comparison's (kind default, augmented conv)."""
@@ -79,7 +88,8 @@ def key(row: dict) -> tuple:
     target = row.get("target") or RECORDED_TARGETS.get(kind)
     augmented = row.get("augmented", kind == "conv")
     return tuple(row.get(k) for k in ("family", "kind", "seed", "epochs", "train_size")) + (
-        target, augmented, row.get("lipschitz_margin") or 0.0, row.get("jacobian_penalty") or 0.0)
+        target, augmented, row.get("lipschitz_margin") or 0.0, row.get("jacobian_penalty") or 0.0,
+        rho(row))
 
 
 def same_run(a: dict, b: dict) -> bool:

@@ -20,14 +20,17 @@ import json
 import pathlib
 import sys
 
-from fashion_mnist_rows import clean, holds_the_rows_run, load_rows  # benchmarks/ on sys.path
+from fashion_mnist_rows import clean, holds_the_rows_run, load_rows, rho  # benchmarks/ on path
 
 OUT = "benchmarks/results/fashion_mnist_robustness.json"
+OPTEQ_FAMILIES = ("opteq", "deep_opteq")  # the families whose layers rho bounds
 KEY = ("family", "target", "augmented", "lipschitz_margin", "seed")
 
 
 def key(row: dict) -> tuple:
-    return tuple(row.get(k) or (0.0 if k == "lipschitz_margin" else row.get(k)) for k in KEY)
+    """A run's key: ``KEY``, then its norm bound rho (rows without one had the default)."""
+    return tuple(row.get(k) or (0.0 if k == "lipschitz_margin" else row.get(k))
+                 for k in KEY) + (rho(row),)
 
 
 def run_dir(row: dict, out_root: pathlib.Path) -> pathlib.Path:
@@ -56,7 +59,7 @@ def measure(rows_files, out_root, epsilons, samples, pgd_steps, results: pathlib
             report = evaluate_robustness(directory, epsilons, samples=samples,
                                          pgd_steps=pgd_steps)
             entry = {k: row.get(k) for k in KEY} | {
-                "lipschitz_margin": row.get("lipschitz_margin") or 0.0,
+                "lipschitz_margin": row.get("lipschitz_margin") or 0.0, "rho": rho(row),
                 "params": row["params"], "test_accuracy": row["test_accuracy"],
                 "samples": report["samples"], "pgd_steps": pgd_steps,
                 "clean": report["clean"], "lipschitz": report["lipschitz"],
@@ -71,11 +74,11 @@ def measure(rows_files, out_root, epsilons, samples, pgd_steps, results: pathlib
 
 def table(rows: list[dict]) -> str:
     epsilons = sorted({e for r in rows for e in r["pgd"]}, key=float)
-    head = ("| family | params | aug | margin | seed | clean (subset) | Lipschitz bound | "
+    head = ("| family | params | aug | margin | rho | seed | clean (subset) | Lipschitz bound | "
             "median radius | " + " | ".join(f"cert / PGD @ {e}" for e in epsilons) + " |")
-    lines = [head, "|---" * (8 + len(epsilons)) + "|"]
+    lines = [head, "|---" * (9 + len(epsilons)) + "|"]
     for r in sorted(rows, key=lambda r: (r["target"], r["family"], r["lipschitz_margin"],
-                                         r["seed"])):
+                                         -rho(r), r["seed"])):
         cells = []
         for e in epsilons:
             cert = r["certified"].get(e)
@@ -83,8 +86,10 @@ def table(rows: list[dict]) -> str:
                          f"{100 * r['pgd'][e]:.1f}")
         lip = "none" if r["lipschitz"] is None else f"{r['lipschitz']:.3g}"
         radius = "-" if r["radius_median"] is None else f"{r['radius_median']:.3g}"
+        rho_cell = f"{rho(r):g}" if r["family"] in OPTEQ_FAMILIES else "-"
         lines.append(f"| {r['family']} | {r['params']:,} | {'yes' if r['augmented'] else 'no'} | "
-                     f"{r['lipschitz_margin']:g} | {r['seed']} | {100 * r['clean']:.1f}% | {lip} | "
+                     f"{r['lipschitz_margin']:g} | {rho_cell} | {r['seed']} | "
+                     f"{100 * r['clean']:.1f}% | {lip} | "
                      f"{radius} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,6 +110,7 @@ def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
                 [100 * r["clean"]] + [100 * r["certified"][e] for e in eps], marker="o",
                 label=f"{r['family']} {r['params'] // 1000}K"
                       + (f", margin {r['lipschitz_margin']:g}" if r["lipschitz_margin"] else "")
+                      + (f", rho {rho(r):g}" if rho(r) != rho({}) else "")
                       + f", seed {r['seed']}")
     ax.set_xlabel("L2 radius (standardised images)")
     ax.set_ylabel("certified accuracy (%)")

@@ -202,8 +202,9 @@ def test_robustness_report_shows_certified_and_attacked_accuracy_and_no_bound_fo
     path.write_text(json.dumps(rows))
     stdout = _script("robustness.py", "--report", "--rows", str(path), "--figure",
                      str(tmp_path / "figures"))
-    assert "| deq | 15,000 | no | 0 | 0 | 92.0% | none | - | - / 85.0 | - / 40.0 |" in stdout, stdout
-    assert "| opteq | 15,000 | no | 0 | 0 | 90.0% | 4 | 0.2 | 60.0 / 80.0 | 10.0 / 50.0 |" \
+    assert "| deq | 15,000 | no | 0 | - | 0 | 92.0% | none | - | - / 85.0 | - / 40.0 |" in stdout, \
+        stdout
+    assert "| opteq | 15,000 | no | 0 | 0.95 | 0 | 90.0% | 4 | 0.2 | 60.0 / 80.0 | 10.0 / 50.0 |" \
         in stdout, stdout
     assert (tmp_path / "figures" / "certified_accuracy.png").is_file()
 
@@ -256,8 +257,9 @@ def _benchmark_module(name):
     return __import__(name)
 
 
-def test_a_run_of_another_length_gets_its_own_folder():
-    """A 20-epoch run must not --resume the 10-epoch run of the same family, seed and budget."""
+def test_a_run_of_another_length_or_norm_bound_gets_its_own_folder():
+    """A 20-epoch run must not --resume the 10-epoch run of the same family, seed and budget,
+    nor a run with another rho the default one."""
     bench = _benchmark_module("fashion_mnist")
 
     def folder(*argv):  # the setting's folder of a command line, as the script derives it
@@ -267,6 +269,15 @@ def test_a_run_of_another_length_gets_its_own_folder():
     plain = ("--target", "15000", "--augment-crop", "0", "--no-augment-flip")
     assert folder(*plain) == "p15000_noaug"
     assert folder(*plain, "--epochs", "20") == "p15000_noaug_ep20"
+    # another norm bound rho is another model: its own folder, and another row
+    assert folder(*plain, "--lipschitz-margin", "0.25", "--rho", "0.5") == \
+        "p15000_noaug_lm0.25_rho0.5"
+    assert folder(*plain, "--rho", "0.95") == "p15000_noaug"  # the default
+    rows = _benchmark_module("fashion_mnist_rows")
+    row = dict(family="opteq", kind="conv", seed=1, epochs=10, train_size=60000, target=15000,
+               augmented=False, lipschitz_margin=0.25, config={"rho": 0.95})
+    assert rows.same_run(row, dict(row, config={}))  # rows written before --rho: the default
+    assert not rows.same_run(row, dict(row, rho=0.5))
     # a --quick smoke run (a subset, one epoch) keeps the recorded comparison's folder
     assert folder("--quick") == ""
 
