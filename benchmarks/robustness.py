@@ -105,7 +105,7 @@ def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     colours = {f: f"C{i}" for i, f in enumerate(sorted({r["family"] for r in rows}))}
     margins = sorted({r["lipschitz_margin"] for r in rows})
     styles = dict(zip(margins, ["-", "--", ":", "-."] * len(margins)))
@@ -128,7 +128,7 @@ def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
                  "not drawn)", fontsize=9)
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = folder / "certified_accuracy.png"
     fig.savefig(path, dpi=120)
