@@ -96,8 +96,8 @@ def table(rows: list[dict]) -> str:
 
 def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
     """Certified accuracy against the radius (the clean accuracy at 0), one line per model that
-    certifies something at one of the radii: colour by family, marker by rho, line style by
-    Lipschitz margin. The models that certify nothing (every one trained as usual so far) are
+    certifies something at one of the radii: colour by family, line style by Lipschitz margin,
+    a circle at the default rho and a square at another. The models that certify nothing (every one trained as usual so far) are
     counted in the title, not drawn: their lines would all lie on 0."""
     import matplotlib
 
@@ -109,6 +109,7 @@ def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
     colours = {f: f"C{i}" for i, f in enumerate(sorted({r["family"] for r in rows}))}
     margins = sorted({r["lipschitz_margin"] for r in rows})
     styles = dict(zip(margins, ["-", "--", ":", "-."] * len(margins)))
+    default_rho = rho({})  # TrainConfig's
     bounded = [r for r in rows if r["lipschitz"] is not None]
     drawn = [r for r in bounded if any(v for v in r["certified"].values())]
     for r in drawn:
@@ -116,10 +117,10 @@ def figure(rows: list[dict], folder: pathlib.Path) -> pathlib.Path:
         ax.plot([0.0] + [float(e) for e in eps],
                 [100 * r["clean"]] + [100 * r["certified"][e] for e in eps],
                 color=colours[r["family"]], linestyle=styles[r["lipschitz_margin"]],
-                marker="o" if rho(r) == rho({}) else "s",
+                marker="o" if rho(r) == default_rho else "s",
                 label=f"{r['family']} {round(r['params'] / 1000)}K"
                       + (f", margin {r['lipschitz_margin']:g}" if r["lipschitz_margin"] else "")
-                      + (f", rho {rho(r):g}" if rho(r) != rho({}) else "")
+                      + (f", rho {rho(r):g}" if rho(r) != default_rho else "")
                       + f", seed {r['seed']}")
     ax.set_xlabel("L2 radius (standardised images)")
     ax.set_ylabel("certified accuracy (%)")

@@ -259,7 +259,7 @@ def _benchmark_module(name):
 
 def test_a_run_of_another_length_or_norm_bound_gets_its_own_folder():
     """A 20-epoch run must not --resume the 10-epoch run of the same family, seed and budget,
-    nor a run with another rho the default one."""
+    nor a run with another norm bound rho continue the default one's."""
     bench = _benchmark_module("fashion_mnist")
 
     def folder(*argv):  # the setting's folder of a command line, as the script derives it
