@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-FAMILIES=${FAMILIES:-explicit,opteq,deq,deep_opteq}
+FAMILIES=${FAMILIES:-explicit,opteq,deq,deep_opteq,mondeq}
 SEEDS=${SEEDS:-0 1 2}
 TARGETS=${TARGETS:-15000 40000 100000}
 for seed in ${SEEDS//,/ }; do
