@@ -14,7 +14,9 @@ A variant is a set of :class:`optjax.train.config.TrainConfig` options (``tier_c
 ``tier_strides``, ``stem_stride``, ``stem_channels``, ``head_grid``, ``sweep``, ``activation``,
 ``rho``, ``solver``): the number of scales and their resolution, the channel split across tiers,
 where the parameters go (couplings, injection, head), the sweep, the activation per tier, the norm
-margin and the forward solver. Everything else is the sweep's setting
+margin and the forward solver, on top of the sweep's chain (``tier_strides="2"``, the multi-scale
+chain the study started from: ``baseline``); ``same_scale`` is the library's default. Everything
+else is the sweep's setting
 (``benchmarks/fashion_mnist.py``: AdamW lr 3e-3, warm-up 0.5 epochs then cosine, batch 64, tol
 1e-3, forward cap 50, backward tolerance 1e-2 capped at 20 steps). Rows go to
 ``benchmarks/results/deep_opteq_design.json`` (one per variant, seed, epochs, training size and
@@ -34,15 +36,16 @@ from flax import nnx
 
 from optjax.train.model import build_model
 from fashion_mnist import (INPUT_SHAPE, NUM_CLASSES, base_config,  # noqa: E402
-                           parse as parse_sweep, run_family)
+                           parse as parse_sweep, run_family, sweep_design)
 from fashion_mnist_rows import clean, fmt, load_rows, result_row  # noqa: E402
 
 #: name -> (what it tries, family, TrainConfig options)
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "opteq": ("reference: single-scale OptEq on the 14 x 14 grid", "opteq", {}),
-    "baseline": ("two tiers of equal width, 14 x 14 -> 7 x 7 (the landed default)",
-                 "deep_opteq", {}),
-    "same_scale": ("two tiers on 14 x 14 (stride 1), pooled to 7 x 7 as OptEq", "deep_opteq",
+    "baseline": ("two tiers of equal width, 14 x 14 -> 7 x 7 (the sweep's chain, the default "
+                 "before this study)", "deep_opteq", {}),
+    "same_scale": ("two tiers on 14 x 14 (stride 1), pooled to 7 x 7 as OptEq (the default "
+                   "since this study)", "deep_opteq",
                    dict(tier_strides="1")),
     "split_1_2": ("two tiers, half the channels at 14 x 14, twice at 7 x 7", "deep_opteq",
                   dict(tier_channels="0.5,1")),
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
             r = run_family(base, family, seed, args.target, out, resume=args.resume,
                            match_head=True, design=design, name=f"{name}_e{args.epochs}")
             config = base.replace(family=family, seed=seed, width=r["width"],
-                                  head_units=r["head_units"], **design)
+                                  head_units=r["head_units"],
+                                  **sweep_design(base.kind, family, design))
             model = nnx.eval_shape(lambda: build_model(config, INPUT_SHAPE, NUM_CLASSES))
             row = {"variant": name, "what": what, "tiers": tiers(model),
                    **result_row(r, config.to_dict())}

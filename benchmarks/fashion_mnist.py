@@ -14,6 +14,9 @@ closest to ``--target`` (default 100,000; :func:`optjax.nn.classifiers.matched_w
 share the solver options (tol, forward cap, backward mode, cap and tolerance); each uses its own
 default forward solver (OptEq: safeguarded Anderson; deep OptEq: Gauss-Seidel sweeps; DEQ:
 Anderson with a relative ridge; monDEQ: Peaceman-Rachford with the FFT resolvent for conv).
+Conv deep OptEq is the multi-scale chain (``tier_strides="2"``: the second tier on 7 x 7,
+:data:`SWEEP_CHAIN`) that every recorded sweep row was trained with; the library's default,
+both tiers on 14 x 14, is the ``same_scale`` row of ``benchmarks/deep_opteq_design.py``.
 ``--anderson-ridge`` overrides DEQ's ridge (the dense rows in RESULTS.md were measured with
 1e-2 on jaxopt's Anderson, which went NaN with an absolute ridge 1e-10).
 
@@ -67,6 +70,16 @@ DEFAULTS = {  # per kind: target, learning rate, warm-up, crop, flip, backward t
                  augment_flip=True, backward_tol=1e-2, backward_steps=20, anderson_ridge=0.0),
 }
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
+#: Per kind and family, the model options every sweep run of that family gets (before a run's
+#: own ``design``): conv deep OptEq keeps the multi-scale chain its rows were trained with, the
+#: default before the design study made the one-grid chain the default (``--resume`` and new
+#: seeds must add rows of the same model).
+SWEEP_CHAIN = {"conv": {"deep_opteq": dict(tier_strides="2")}}
+
+
+def sweep_design(kind: str, family: str, design: dict | None = None) -> dict:
+    """The TrainConfig overrides of a sweep run: :data:`SWEEP_CHAIN`'s, then ``design``'s."""
+    return {**SWEEP_CHAIN.get(kind, {}).get(family, {}), **(design or {})}
 EPOCHS = 10  # the length of the recorded runs and of the sweep's
 
 
@@ -194,10 +207,11 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
     """Train one family at the width (and, with ``match_head``, head) matched to ``target``.
     ``design``: TrainConfig overrides of the model's shape (stem, head grid, deep chain);
     ``name``: the run's folder name in place of the family's."""
+    design = sweep_design(base.kind, family, design)
     config = base.replace(family=family, seed=seed,
                           out_dir=str(out / base.kind / setting(base, target)
                                       / f"{name or family}_seed{seed}"),
-                          **(caps or {}).get(family, {}), **(design or {}))
+                          **(caps or {}).get(family, {}), **design)
     options = {**design_options(config), **layer_options(config)}
     if match_head:
         width, head, count = matched_size(family, base.kind, INPUT_SHAPE, NUM_CLASSES, target,
@@ -331,7 +345,7 @@ def main(argv=None) -> int:
             rows.append(r)
             save_row(results, result_row(r, base.replace(
                 family=family, seed=seed, width=r["width"], head_units=r["head_units"],
-                **args.family_caps.get(family, {})).to_dict()))
+                **args.family_caps.get(family, {}), **sweep_design(base.kind, family)).to_dict()))
             print(f"[{family} seed {seed}] width {r['width']}, {r['params']:,} parameters: test "
                   f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "
                   f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s, wall "

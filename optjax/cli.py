@@ -81,7 +81,7 @@ def _choices() -> dict[str, str]:
         "tier_channels": "deep_opteq: comma-separated multipliers of --width, one per tier "
         "(e.g. 0.5,1,2)",
         "tier_strides": "deep_opteq conv: comma-separated stride of each coupling between tiers "
-        "(e.g. 1,2)",
+        "(e.g. 1,2; 2 puts the second of two tiers on half the grid)",
         "sweep": "deep_opteq: gauss_seidel or jacobi (the same fixed point)",
     }
 

@@ -282,6 +282,27 @@ def test_a_run_of_another_length_or_norm_bound_gets_its_own_folder():
     assert folder("--quick") == ""
 
 
+def test_the_sweeps_deep_opteq_stays_the_chain_its_rows_were_trained_with():
+    """The sweep's conv deep OptEq rows are the multi-scale chain (tier_strides 2): new seeds and
+    --resume must train that model, though the library's default is now the design study's
+    same_scale chain; the design study's baseline and its variants build on the same chain."""
+    from optjax.nn.classifiers import DEFAULT_TIER_STRIDES
+    from optjax.train.config import TrainConfig
+
+    bench = _benchmark_module("fashion_mnist")
+    design = _benchmark_module("deep_opteq_design")
+    assert bench.sweep_design("conv", "deep_opteq") == {"tier_strides": "2"}
+    assert bench.sweep_design("dense", "deep_opteq") == {}
+    assert bench.sweep_design("conv", "opteq") == {}
+    def strides(variant):
+        options = bench.sweep_design("conv", "deep_opteq", design.VARIANTS[variant][2])
+        return TrainConfig(family="deep_opteq", kind="conv", **options).tier_stride_values
+
+    assert strides("baseline") == strides("jacobi") == (2,)
+    assert strides("same_scale") == DEFAULT_TIER_STRIDES == (1,)
+    assert TrainConfig(family="deep_opteq", kind="conv").tier_stride_values == (1,)
+
+
 def test_robustness_skips_a_folder_that_holds_another_run_than_the_rows(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -3,21 +3,22 @@
 Dense (``kind="dense"``): ``flattened image -> equilibrium layer (its input injection U x + b
 is the stem) -> dense head``.
 
-Convolutional (``kind="conv"``): ``image -> stem (a 3 x 3 convolution with 32 channels and
-relu; stride 2 for images of 16 pixels or more, e.g. 28 x 28 -> 14 x 14) -> equilibrium layer
-on the stem's grid (its injection a 3 x 3 convolution of the stem's output) -> average pooling
-to a quarter of the stem's grid -> head: dense to 32 units, relu, dense to the classes``. The
-multi-scale deep OptEq chain (:class:`DeepOptEqConv`) has, by default, two tiers of ``width``
-channels, on the stem's grid and on half of it (a stride-2 coupling), so its output needs no
-pooling; ``tier_channels`` and ``tier_strides`` choose other chains (e.g. three tiers
-``(0.5, 1, 2)`` with strides ``(1, 2)``: a cheap full-resolution tier first), and the output
-is pooled to the head's grid. ``stem_channels`` and ``stem_stride`` set the stem of every conv
+Convolutional (``kind="conv"``): ``image -> stem (a 3 x 3 convolution with 32 channels and relu;
+stride 2 for images of 16 pixels or more, e.g. 28 x 28 -> 14 x 14) -> equilibrium layer on the
+stem's grid (its injection a 3 x 3 convolution of the stem's output) -> average pooling to a
+quarter of the stem's grid -> head: dense to 32 units, relu, dense to the classes``. The deep OptEq
+chain (:class:`DeepOptEqConv`) has, by default, two tiers of ``width`` channels, both on the stem's
+grid (a stride-1 coupling), pooled to the head's grid as OptEq's layer is: in the design study of
+benchmarks/RESULTS.md ("Deep OptEq design") this chain beat the multi-scale one
+(``tier_strides=(2,)``: the second tier on half the grid, no pooling) on every seed at every
+budget, at up to 1.7 times its epoch time (15K parameters). ``tier_channels`` and ``tier_strides``
+choose other chains (e.g. three tiers ``(0.5, 1, 2)`` with strides ``(1, 2)``: a cheap
+full-resolution tier first). ``stem_channels`` and ``stem_stride`` set the stem of every conv
 family (defaults 32 and 2 for images of 16 pixels or more); the head's grid stays half of the
-default stem's grid, so the head's size does not depend on them. Why this shape: the
-equilibrium is where the compute goes (every step of the solver is one evaluation of the
-layer's map, forward and backward), so it runs at the stem's resolution, and a small hidden
-head holds the parameters a wider equilibrium would cost time for (see the training-step
-profile in benchmarks/RESULTS.md).
+default stem's grid, so the head's size does not depend on them. Why this shape: the equilibrium is
+where the compute goes (every step of the solver is one evaluation of the layer's map, forward and
+backward), so it runs at the stem's resolution, and a small hidden head holds the parameters a
+wider equilibrium would cost time for (see the training-step profile in benchmarks/RESULTS.md).
 
 Families: ``"opteq"`` (:class:`OptEqDense`, :class:`OptEqConv`), ``"deq"`` (unconstrained DEQ),
 ``"mondeq"`` (monotone DEQ, Peaceman--Rachford), ``"deep_opteq"`` (:class:`DeepOptEq`,
@@ -88,7 +89,7 @@ def _stem_stride(input_shape: Sequence[int]) -> int:
 
 
 DEFAULT_TIER_CHANNELS = (1.0, 1.0)
-DEFAULT_TIER_STRIDES = (2,)
+DEFAULT_TIER_STRIDES = (1,)
 
 
 def tier_sizes(width: int, tier_channels: Sequence[float]) -> tuple[int, ...]:
@@ -198,8 +199,9 @@ class ImplicitClassifier(nnx.Module):
         images of 16 pixels or more, else 1); conv only.
       tier_channels: deep_opteq only: one multiplier of ``width`` per tier of the chain (default
         ``(1, 1)``: two tiers of ``width``); tier ``l`` has ``max(1, round(m_l * width))``.
-      tier_strides: deep_opteq conv only: the stride of each coupling (default ``(2,)``); their
-        product must divide the stem's grid.
+      tier_strides: deep_opteq conv only: the stride of each coupling (default ``(1,)``: both
+        tiers on the stem's grid; ``(2,)``: the second on half of it); their product must
+        divide the stem's grid.
       head_grid: conv only: the side of the grid the equilibrium's output is average-pooled to
         before the head (None: half of the default stem's grid, 7 for 28 x 28 images); smaller
         moves parameters from the head into the equilibrium at a fixed budget.

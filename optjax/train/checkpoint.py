@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import jax
 import numpy as np
 
-from optjax.train.config import TrainConfig
+from optjax.train.config import TrainConfig, saved_options
 from optjax.train.identity import is_main_process
 from optjax.train.sharding import host_value as _host
 
@@ -263,8 +263,9 @@ class Checkpoints:
 
     def _check_compatible(self, meta: dict[str, Any], template: Any, step: int) -> None:
         model = self.config.model_fields()
-        # A checkpoint written before a model option existed was written with its default.
-        saved = {**type(self.config)().model_fields(), **meta.get("model", {})}
+        # A checkpoint written before a model option existed was written with its default of
+        # that day (saved_options).
+        saved = {**type(self.config)().model_fields(), **saved_options(meta.get("model", {}))}
         diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in model.items()
                 if saved.get(k) != v]
         if diff:

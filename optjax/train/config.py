@@ -34,7 +34,7 @@ from optjax.families.deep.problem import SWEEPS as _SWEEPS
 
 __all__ = ["TrainConfig", "MODEL_FIELDS", "DATA_ORDER_FIELDS", "OUTPUT_FIELDS", "KINDS",
            "SCHEDULES", "BACKWARD_CHOICES", "activation_choices", "fixed_on_resume",
-           "resumable_fields", "resume_changes", "load_file"]
+           "resumable_fields", "resume_changes", "saved_options", "load_file"]
 
 KINDS = ("dense", "conv")
 SCHEDULES = ("cosine", "constant")
@@ -58,7 +58,7 @@ class TrainConfig(Config):
     ``stem_stride`` (None: automatic) and the side ``head_grid`` of the grid pooled into the
     head (None: half the default stem's); deep OptEq's chain: ``tier_channels`` (comma-separated
     multipliers of ``width``, one per tier), ``tier_strides`` (conv: comma-separated, one per
-    coupling) and ``sweep`` (gauss_seidel | jacobi); see
+    coupling; default "1", every tier on the stem's grid) and ``sweep`` (gauss_seidel | jacobi); see
     :class:`optjax.nn.classifiers.ImplicitClassifier`; forward ``solver`` (None: the layer's
     default), ``tol``, ``max_steps``; ``anderson_ridge`` (the Anderson solver's ridge, when it
     is the forward solver: DEQ's default; None: the solver's own); ``backward`` mode with
@@ -103,7 +103,7 @@ class TrainConfig(Config):
     stem_stride: int | None = None
     head_grid: int | None = None
     tier_channels: str = "1,1"
-    tier_strides: str = "2"
+    tier_strides: str = "1"
     sweep: str = "gauss_seidel"
     solver: str | None = None
     anderson_ridge: float | None = None
@@ -267,6 +267,29 @@ def resumable_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in fixed)
 
 
+#: Model options whose default has changed, with what a saved record lacking one means (it was
+#: written before the option existed). tier_strides: the multi-scale deep OptEq chain, the only
+#: one then and the default until the one-grid chain ("1").
+RECORDED_BEFORE: dict[str, Any] = {"tier_strides": "2"}
+
+
+def saved_options(record: Any) -> Any:
+    """A saved configuration or model record (a checkpoint's ``config`` or ``model`` mapping)
+    as today's options for the model it describes: an option the record lacks takes the value it
+    meant when the record was written (:data:`RECORDED_BEFORE`; other absent options, today's
+    default), and ``tier_strides``, which shapes deep OptEq's conv chain only, takes today's
+    default in every other model (their records hold the default of their day, which
+    ``TrainConfig`` would refuse now). A non-mapping is returned as it is, for ``from_dict``."""
+    if not isinstance(record, Mapping):
+        return record
+    options = {**RECORDED_BEFORE, **record}
+    family = options.get("family", TrainConfig.family)
+    kind = options.get("kind", TrainConfig.kind)
+    if (family, kind) != ("deep_opteq", "conv"):
+        options["tier_strides"] = TrainConfig.tier_strides
+    return options
+
+
 def resume_changes(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
     """The computation options of ``config`` that differ from a checkpoint's configuration
     ``saved``, as ``"name old -> new"``; output options may differ silently.
@@ -275,8 +298,9 @@ def resume_changes(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
     differs, with what it fixes."""
     now = config.to_dict()
     fixed = fixed_on_resume()
-    # A checkpoint written before an option existed ran with that option's default.
+    # A checkpoint written before an option existed ran with its default of that day.
     defaults = TrainConfig().to_dict()
+    saved = saved_options(saved)
     saved = {**{k: defaults[k] for k in now if k not in saved}, **saved}
     refused = [f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r}: {fixed[k]})" for k in fixed
                if saved.get(k) != now[k]]

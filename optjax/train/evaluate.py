@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from optjax.config import ConfigError
 from optjax.train import sharding
 from optjax.train.checkpoint import CheckpointError, Checkpoints
-from optjax.train.config import TrainConfig
+from optjax.train.config import TrainConfig, saved_options
 from optjax.train.identity import read_run_id
 from optjax.train.metrics import json_safe
 from optjax.train.run import Run, prepare
@@ -169,7 +169,7 @@ def restore(out_dir: str | pathlib.Path, *, step: int | None = None,
         probe.check_run(run_id)
     try:
         # a missing record (None) is refused by from_dict with a ConfigError, caught below
-        config = TrainConfig.from_dict(meta.get("config"))  # type: ignore[arg-type]
+        config = TrainConfig.from_dict(saved_options(meta.get("config")))
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint {probe.path(chosen)} has an unusable configuration "
                               f"record ({err})") from None

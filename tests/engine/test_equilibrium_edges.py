@@ -6,6 +6,8 @@ never silent; a status or certificate that says CONVERGED is true (certify=False
 empty batch gives empty results; the norm of concrete weights is computed once and never stale.
 (The solutions themselves: tests/engine/test_equilibrium_solutions.py.)"""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +138,23 @@ def test_nan_in_the_weights_is_nonfinite_not_nonconvex(certify):
         optjax.equilibrium(bad, x, certify=certify)
 
 
+_TRACED_PRIORS: list[type] = []
+
+
+# One module-level jitted function, the prior's constructor static (the lambdas below live as
+# long as the module): twice in CI, a closure jitted inside each parametrisation returned, in an
+# xdist worker, the status of the previous parametrisation's prior (Ball(-1) NONCONVEX,
+# Quadratic(-1) INFEASIBLE), as a jit cache keyed on a dead closure's reused address would.
+@functools.partial(jax.jit, static_argnums=0)
+def _solve_with_traced_prior(make, value, problem, x, feature):
+    prior = make(value)
+    _TRACED_PRIORS.append(type(prior))
+    p = optjax.OptEqProblem(problem.weight, problem.activation, problem.input_weight,
+                            problem.bias, prior)
+    f = feature if isinstance(prior, priors.Quadratic) else None
+    return optjax.equilibrium(p, x, feature=f, backward="gmres")[1]
+
+
 @pytest.mark.parametrize("make, status, words", [
     (lambda v: priors.L1(v), optjax.Status.NONCONVEX, "R nonconvex"),
     (lambda v: priors.Ball(v), optjax.Status.INFEASIBLE, "empty"),
@@ -150,17 +169,9 @@ def test_invalid_prior_parameters_are_refused_or_flagged(make, status, words):
     make(1.0)  # a valid value is accepted
     # Traced (a parameter being learned): the solve reports the status and the reason.
     feature = jnp.zeros((x.shape[0], 8))
-
-    def solve(v, x):
-        prior = make(v)
-        p = optjax.OptEqProblem(problem.weight, problem.activation, problem.input_weight,
-                                problem.bias, prior)
-        f = feature if isinstance(prior, priors.Quadratic) else None
-        return optjax.equilibrium(p, x, feature=f, backward="gmres")[1]
-
-    info = jax.jit(solve)(-1.0, x)
-    # Which bits were raised, if this fails: one CI run saw INFEASIBLE for Quadratic(-1), never
-    # reproduced since.
+    info = _solve_with_traced_prior(make, -1.0, problem, x, feature)
+    # This call traced this prior (not a compiled program of an earlier parametrisation).
+    assert _TRACED_PRIORS[-1] is type(make(1.0))
     assert np.all(np.asarray(info.status) == status), (
         f"statuses {np.asarray(info.status)}, defect bits {int(info.defects)}, prior "
         f"{type(make(1.0)).__name__}")
@@ -169,7 +180,8 @@ def test_invalid_prior_parameters_are_refused_or_flagged(make, status, words):
         status == optjax.Status.INFEASIBLE
     with pytest.raises(optjax.EquilibriumError, match=words):
         optjax.check(info)
-    assert optjax.check(jax.jit(solve)(0.5, x))  # the same code with a valid value converges
+    # The same code with a valid value converges.
+    assert optjax.check(_solve_with_traced_prior(make, 0.5, problem, x, feature))
 
 
 def test_tol_must_be_static_and_says_how():

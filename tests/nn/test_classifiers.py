@@ -82,7 +82,8 @@ def test_bad_family_kind_and_input_are_refused():
     with pytest.raises(optjax.ConfigError, match="no solver options"):
         ImplicitClassifier("explicit", "conv", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0), tol=1e-3)
     with pytest.raises(optjax.ConfigError, match="7 x 7 is not divisible by 2"):
-        ImplicitClassifier("deep_opteq", "conv", (7, 7, 1), 10, 8, rngs=nnx.Rngs(0))
+        ImplicitClassifier("deep_opteq", "conv", (7, 7, 1), 10, 8, rngs=nnx.Rngs(0),
+                           tier_strides=(2,))
     model = ImplicitClassifier("opteq", "dense", (8, 8, 1), 10, 8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expected images of shape \(batch,\) \+ \(8, 8, 1\)"):
         model(jnp.ones((2, 8, 8)))
@@ -129,9 +130,9 @@ def test_deep_tiers_follow_the_channel_multipliers_and_strides():
     assert three(images).shape == (2, 10) and three.pool == 1
 
 
-@pytest.mark.parametrize("design,pool", [({}, 1), (dict(head_grid=3), 2)] + [
+@pytest.mark.parametrize("design,pool", [({}, 2), (dict(head_grid=3), 4)] + [
     pytest.param(*case, marks=pytest.mark.slow) for case in (  # a compilation each
-        (dict(tier_strides=(1,)), 2),
+        (dict(tier_strides=(2,)), 1),
         (dict(stem_stride=1, tier_channels=(0.5, 1, 2), tier_strides=(2, 2)), 1),
         (dict(stem_stride=1), 2), (dict(head_grid=1), 7))])
 def test_the_head_sees_its_grid_whatever_the_stem_and_chain(design, pool):
@@ -157,7 +158,7 @@ def test_the_stem_options_reach_every_conv_family():
     ("deep_opteq", "conv", dict(tier_channels=(1, 1, 1)), "one stride per coupling"),
     ("deep_opteq", "conv", dict(tier_strides=(4,)), "14 x 14 is not divisible by 4"),
     ("deep_opteq", "conv", dict(tier_channels=(1, -1)), "positive multipliers"),
-    ("deep_opteq", "dense", dict(tier_strides=(1,)), "the dense deep OptEq chain has none"),
+    ("deep_opteq", "dense", dict(tier_strides=(2,)), "the dense deep OptEq chain has none"),
     ("opteq", "dense", dict(stem_channels=8), "the dense classifier has none"),
     ("opteq", "conv", dict(stem_stride=0), "stem_stride must be a positive int"),
     ("opteq", "conv", dict(head_grid=5), "cannot be pooled to the head's 5 x 5 grid"),

@@ -103,3 +103,24 @@ def test_the_design_is_fixed_on_resume():
     # a checkpoint written before the design options existed ran with their defaults
     old = {k: v for k, v in saved.items() if k not in ("tier_channels", "stem_channels")}
     assert resume_changes(old, TrainConfig(family="deep_opteq")) == []
+
+
+def test_a_saved_record_means_the_model_that_wrote_it():
+    """tier_strides' default was "2" (deep OptEq's multi-scale chain) and is now "1": a record
+    without it was written by the multi-scale chain (before the option existed), and the records
+    of every other model, written while "2" was the default, still describe today's model."""
+    from optjax.train.config import resume_changes, saved_options
+
+    deep = TrainConfig(family="deep_opteq", kind="conv")
+    old = {k: v for k, v in deep.to_dict().items() if k != "tier_strides"}
+    assert TrainConfig.from_dict(saved_options(old)).tier_stride_values == (2,)
+    with pytest.raises(ConfigError, match=r"tier_strides \(checkpoint '2', now '1'"):
+        resume_changes(old, deep)  # never restored into the one-grid chain
+    assert resume_changes(old, deep.replace(tier_strides="2")) == []
+    assert saved_options(deep.to_dict()) == deep.to_dict()  # today's records: as written
+    for family, kind in (("opteq", "conv"), ("deq", "conv"), ("deep_opteq", "dense")):
+        now = TrainConfig(family=family, kind=kind)
+        then = {**now.to_dict(), "tier_strides": "2"}  # the default of its day
+        assert TrainConfig.from_dict(saved_options(then)) == now
+        assert resume_changes(then, now) == []
+    assert saved_options(None) is None  # left for from_dict to refuse
