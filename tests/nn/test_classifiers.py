@@ -134,7 +134,7 @@ def test_deep_tiers_follow_the_channel_multipliers_and_strides():
     pytest.param(*case, marks=pytest.mark.slow) for case in (  # a compilation each
         (dict(tier_strides=(2,)), 1),
         (dict(stem_stride=1, tier_channels=(0.5, 1, 2), tier_strides=(2, 2)), 1),
-        (dict(stem_stride=1), 2), (dict(head_grid=1), 7))])
+        (dict(stem_stride=1), 4), (dict(head_grid=1), 14))])
 def test_the_head_sees_its_grid_whatever_the_stem_and_chain(design, pool):
     model = _deep(**design)
     side = design.get("head_grid", 7)
