@@ -34,9 +34,10 @@ import sys
 
 from flax import nnx
 
+from optjax.train.config import TrainConfig
 from optjax.train.model import build_model
 from fashion_mnist import (INPUT_SHAPE, NUM_CLASSES, base_config,  # noqa: E402
-                           parse as parse_sweep, run_family, sweep_design)
+                           parse as parse_sweep, run_family)
 from fashion_mnist_rows import clean, fmt, load_rows, result_row  # noqa: E402
 
 #: name -> (what it tries, family, TrainConfig options)
@@ -200,9 +201,7 @@ def main(argv=None) -> int:
             # the folder names the schedule: a 10-epoch run must not resume a 2-epoch one
             r = run_family(base, family, seed, args.target, out, resume=args.resume,
                            match_head=True, design=design, name=f"{name}_e{args.epochs}")
-            config = base.replace(family=family, seed=seed, width=r["width"],
-                                  head_units=r["head_units"],
-                                  **sweep_design(base.kind, family, design))
+            config = TrainConfig.from_dict(r["config"])  # the model trained
             model = nnx.eval_shape(lambda: build_model(config, INPUT_SHAPE, NUM_CLASSES))
             row = {"variant": name, "what": what, "tiers": tiers(model),
                    **result_row(r, config.to_dict())}

@@ -54,7 +54,7 @@ import time
 import jax
 
 from optjax.nn.classifiers import HEAD_UNITS, matched_size, matched_width
-from optjax.train.config import TrainConfig
+from optjax.train.config import TrainConfig, saved_options
 from optjax.train.loop import train
 from fashion_mnist_rows import (clean, holds_the_rows_run, load_rows, report,  # noqa: E402
                                 result_row, same_run, save_row, seed_summary, table)
@@ -80,6 +80,8 @@ SWEEP_CHAIN = {"conv": {"deep_opteq": dict(tier_strides="2")}}
 def sweep_design(kind: str, family: str, design: dict | None = None) -> dict:
     """The TrainConfig overrides of a sweep run: :data:`SWEEP_CHAIN`'s, then ``design``'s."""
     return {**SWEEP_CHAIN.get(kind, {}).get(family, {}), **(design or {})}
+
+
 EPOCHS = 10  # the length of the recorded runs and of the sweep's
 
 
@@ -239,7 +241,7 @@ def run_family(base: TrainConfig, family: str, seed: int, target: int, out: path
         "width": width, "head_units": head, "target": target,
         "augmented": bool(base.augment_crop or base.augment_flip),
         "lipschitz_margin": base.lipschitz_margin, "jacobian_penalty": base.jacobian_penalty,
-        "rho": base.rho, "run_dir": str(config.out_path),
+        "rho": base.rho, "run_dir": str(config.out_path), "config": config.to_dict(),
         "params": result.run.num_params,
         "test_accuracy": report.accuracy, "test_loss": report.loss,
         "epoch_time": statistics.median(later), "epoch_time_includes_compile": len(times) == 1,
@@ -271,7 +273,7 @@ def measure_backward(results: pathlib.Path, out: pathlib.Path, batches: int) -> 
                 or row.get("backward_at_end") is not None:
             continue
         run_dir = out / row["kind"] / f"{row['family']}_seed{row['seed']}"
-        config = TrainConfig.from_dict({**row["config"], "out_dir": str(run_dir)})
+        config = TrainConfig.from_dict({**saved_options(row["config"]), "out_dir": str(run_dir)})
         checkpoints = Checkpoints(run_dir / "checkpoints", config)
         step = checkpoints.latest_step() if (run_dir / "checkpoints").is_dir() else None
         same = holds_the_rows_run(row, run_dir)
@@ -343,9 +345,7 @@ def main(argv=None) -> int:
             r = run_family(base, family, seed, args.target, out, resume=args.resume,
                            caps=args.family_caps, match_head=args.match_head)
             rows.append(r)
-            save_row(results, result_row(r, base.replace(
-                family=family, seed=seed, width=r["width"], head_units=r["head_units"],
-                **args.family_caps.get(family, {}), **sweep_design(base.kind, family)).to_dict()))
+            save_row(results, result_row(r, r["config"]))
             print(f"[{family} seed {seed}] width {r['width']}, {r['params']:,} parameters: test "
                   f"accuracy {100 * r['test_accuracy']:.2f}%, epoch times "
                   f"{', '.join(f'{t:.1f}' for t in r['epoch_times'])} s, wall "

@@ -55,7 +55,8 @@ def load(run_dir: pathlib.Path):
         raise SystemExit(f"no checkpoint in {run_dir / 'checkpoints'}: run the benchmark first "
                          "(see this file's docstring)")
     meta = probe.read_meta(step)
-    config = TrainConfig.from_dict(saved_options(meta["config"])).replace(out_dir=str(run_dir), progress=False)
+    config = TrainConfig.from_dict(saved_options(meta["config"])).replace(
+        out_dir=str(run_dir), progress=False)
     if config.family != "mondeq" or config.kind != "conv":
         raise SystemExit(f"{run_dir} holds a {config.family} {config.kind} run; this needs monDEQ "
                          "conv")
